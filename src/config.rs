@@ -1,0 +1,185 @@
+//! Configuration: one [`Config`], filled from flags or the seeds' environment
+//! variable names. Every field documents its default and unit; `--help` shows
+//! the same defaults. Values that make no sense are refused by the parser, so
+//! a bad setting stops the process at start-up with a message naming it.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default listen host, as the seeds' `uvicorn --host localhost`.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Default listen port, the primary seed's `--port 8050`.
+pub const DEFAULT_PORT: u16 = 8050;
+/// Default drain window after SIGINT/SIGTERM: 30 minutes, as in the seeds.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default period of the drain progress log line.
+pub const DEFAULT_SHUTDOWN_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Default period of the "Periodic notification" push (seed 002).
+pub const DEFAULT_NOTIFICATION_INTERVAL: Duration = Duration::from_secs(10);
+/// Default largest inbound message and HTTP body: 64 KiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
+/// Default per-connection outbound queue bound, in frames.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+
+/// Largest accepted `MAX_MESSAGE_SIZE`: 16 MiB. Beyond that one client could
+/// make the server hold too much memory for a single frame.
+const MAX_MESSAGE_SIZE_CAP: usize = 16 * 1024 * 1024;
+/// Largest accepted `OUTBOUND_QUEUE`.
+const OUTBOUND_QUEUE_CAP: usize = 1 << 20;
+/// Longest accepted duration setting: one week.
+const DURATION_CAP_SECS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// wsnotify: a real-time WebSocket notification server.
+///
+/// Every option can also be set by the environment variable named in its
+/// help line; flags win over the environment.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "wsnotify", version, about)]
+pub struct Config {
+    /// Address to listen on (an IP address or a host name such as `localhost`).
+    /// Default: 127.0.0.1.
+    #[arg(long, env = "HOST", default_value = DEFAULT_HOST)]
+    pub host: String,
+
+    /// TCP port to listen on; 0 picks a free port (the chosen one is logged).
+    /// Default: 8050.
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// Seconds to wait for clients to leave after SIGINT/SIGTERM before
+    /// force-closing them with 1001. Fractions allowed. Default: 1800 (30 min).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "1800", value_parser = non_negative_secs)]
+    pub shutdown_timeout: Duration,
+
+    /// Seconds between drain progress log lines. Must be > 0. Default: 5.
+    #[arg(long, env = "SHUTDOWN_LOG_INTERVAL", default_value = "5", value_parser = positive_secs)]
+    pub shutdown_log_interval: Duration,
+
+    /// Seconds between "Periodic notification" pushes to every client;
+    /// 0 disables them. Default: 10.
+    #[arg(long, env = "NOTIFICATION_INTERVAL", default_value = "10", value_parser = non_negative_secs)]
+    pub notification_interval: Duration,
+
+    /// Largest inbound WebSocket message and HTTP request body, in bytes
+    /// (1 ..= 16777216). Larger messages are closed with 1009, larger
+    /// bodies answered 413. Default: 65536 (64 KiB).
+    #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_parser = message_size)]
+    pub max_message_size: usize,
+
+    /// Frames that may wait for one slow client before it is disconnected
+    /// with close code 4008 (1 ..= 1048576). Default: 1024.
+    #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE, value_parser = queue_bound)]
+    pub outbound_queue: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: DEFAULT_HOST.to_owned(),
+            port: DEFAULT_PORT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            shutdown_log_interval: DEFAULT_SHUTDOWN_LOG_INTERVAL,
+            notification_interval: DEFAULT_NOTIFICATION_INTERVAL,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+        }
+    }
+}
+
+impl Config {
+    /// The periodic notification interval, or `None` when disabled (0).
+    pub fn notifications(&self) -> Option<Duration> {
+        (!self.notification_interval.is_zero()).then_some(self.notification_interval)
+    }
+}
+
+fn secs(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{value}` must be a non-negative number of seconds"));
+    }
+    if secs > DURATION_CAP_SECS {
+        return Err(format!("`{value}` is longer than one week ({DURATION_CAP_SECS} s)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn non_negative_secs(value: &str) -> Result<Duration, String> {
+    secs(value)
+}
+
+fn positive_secs(value: &str) -> Result<Duration, String> {
+    match secs(value)? {
+        d if d.is_zero() => Err(format!("`{value}` must be greater than 0")),
+        d => Ok(d),
+    }
+}
+
+fn bounded(value: &str, max: usize, unit: &str) -> Result<usize, String> {
+    let n: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a whole number of {unit}"))?;
+    if n == 0 || n > max {
+        return Err(format!("`{value}` must be between 1 and {max} {unit}"));
+    }
+    Ok(n)
+}
+
+fn message_size(value: &str) -> Result<usize, String> {
+    bounded(value, MAX_MESSAGE_SIZE_CAP, "bytes")
+}
+
+fn queue_bound(value: &str) -> Result<usize, String> {
+    bounded(value, OUTBOUND_QUEUE_CAP, "frames")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("wsnotify").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_documented_constants() {
+        let parsed = parse(&[]).unwrap();
+        let default = Config::default();
+        assert_eq!(parsed.port, default.port);
+        assert_eq!(parsed.host, default.host);
+        assert_eq!(parsed.shutdown_timeout, Duration::from_secs(1800));
+        assert_eq!(parsed.shutdown_log_interval, default.shutdown_log_interval);
+        assert_eq!(parsed.notification_interval, default.notification_interval);
+        assert_eq!(parsed.max_message_size, 65536);
+        assert_eq!(parsed.outbound_queue, default.outbound_queue);
+    }
+
+    #[test]
+    fn fractional_seconds_are_accepted() {
+        let cfg = parse(&["--shutdown-timeout", "2.5", "--notification-interval", "0"]).unwrap();
+        assert_eq!(cfg.shutdown_timeout, Duration::from_millis(2500));
+        assert_eq!(cfg.notifications(), None);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_reason() {
+        for (args, needle) in [
+            (&["--port", "70000"][..], "70000"),
+            (&["--shutdown-timeout=-1"], "non-negative"),
+            (&["--shutdown-timeout", "soon"], "not a number"),
+            (&["--shutdown-log-interval", "0"], "greater than 0"),
+            (&["--notification-interval", "NaN"], "non-negative"),
+            (&["--max-message-size", "0"], "between 1 and"),
+            (&["--max-message-size", "99999999999"], "between 1 and"),
+            (&["--outbound-queue", "many"], "whole number"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! HTTP routes. A small router of our own rather than axum: the API is nine
+//! fixed paths, and a `match` keeps the upgrade path (fastwebsockets on plain
+//! hyper) free of extractor layers and compiles in a fraction of the time.
+//! [`handle`] takes any request body, so tests can call it without a socket.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::upgrade;
+
+/// The error type request bodies may fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body type of every route.
+pub type ResponseBody = Full<Bytes>;
+
+/// The test page served at `/`.
+const PAGE: &str = include_str!("page.html");
+/// Longest accepted `client_id` in `/ws/{client_id}`, in bytes.
+pub const MAX_CLIENT_ID: usize = 256;
+/// `Retry-After` sent with a refused upgrade during a drain, in seconds.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// The routes, by path.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Page,
+    Ws(Option<&'a str>),
+    Broadcast,
+    Connections,
+    Health,
+    Ready,
+    Metrics,
+}
+
+impl<'a> Route<'a> {
+    fn parse(path: &'a str) -> Option<Self> {
+        Some(match path {
+            "/" => Route::Page,
+            "/ws" => Route::Ws(None),
+            "/broadcast" => Route::Broadcast,
+            "/connections" => Route::Connections,
+            "/health" => Route::Health,
+            "/ready" => Route::Ready,
+            "/metrics" => Route::Metrics,
+            _ => match path.strip_prefix("/ws/") {
+                Some(id) if !id.is_empty() && !id.contains('/') => Route::Ws(Some(id)),
+                _ => return None,
+            },
+        })
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Route::Broadcast => Method::POST,
+            _ => Method::GET,
+        }
+    }
+
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::Broadcast => "POST",
+            _ => "GET",
+        }
+    }
+}
+
+/// Answers one request.
+pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Some(route) = Route::parse(req.uri().path()) else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    if req.method() != route.method() {
+        let mut res = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(route.allow()));
+        return res;
+    }
+    match route {
+        Route::Page => page(),
+        Route::Ws(client_id) => {
+            let client_id = client_id.map(str::to_owned);
+            upgrade::websocket(&app, req, client_id)
+        }
+        Route::Broadcast => broadcast(&app, req).await,
+        Route::Connections => json_ok(json!({ "active_connections": app.hub.len() })),
+        Route::Health => health(&app),
+        Route::Ready => ready(&app),
+        Route::Metrics => metrics(&app),
+    }
+}
+
+fn page() -> Response<ResponseBody> {
+    let mut res = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    res
+}
+
+async fn broadcast<B>(app: &App, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let body = match read_body(req, app.config.max_message_size).await {
+        Ok(body) => body,
+        Err(res) => return res,
+    };
+    let message = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(mut fields)) => fields.remove("message"),
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "expected a JSON object like {\"message\": \"...\"}"),
+        Err(err) => return error(StatusCode::BAD_REQUEST, &format!("Invalid JSON: {err}")),
+    };
+    match message {
+        Some(Value::String(text)) if !text.is_empty() => {
+            let fanout = app.broadcast(&text, None);
+            tracing::debug!(recipients = fanout.queued, "broadcast over HTTP");
+            json_ok(json!({ "status": "Message broadcasted" }))
+        }
+        None | Some(Value::Null) | Some(Value::String(_)) => error(StatusCode::BAD_REQUEST, "No message provided"),
+        Some(_) => error(StatusCode::BAD_REQUEST, "\"message\" must be a string"),
+    }
+}
+
+/// Reads a body of at most `limit` bytes, or answers 413/400.
+async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, Response<ResponseBody>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {limit} bytes"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(err) => Err(error(StatusCode::BAD_REQUEST, &format!("could not read the body: {err}"))),
+    }
+}
+
+fn health(app: &App) -> Response<ResponseBody> {
+    let timestamp = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    json_ok(json!({
+        "status": "healthy",
+        "active_connections": app.hub.len(),
+        "shutdown_in_progress": app.shutdown.is_draining(),
+        "timestamp": timestamp,
+    }))
+}
+
+fn ready(app: &App) -> Response<ResponseBody> {
+    if app.shutdown.is_draining() {
+        json(StatusCode::SERVICE_UNAVAILABLE, json!({ "ready": false, "reason": "shutting down" }))
+    } else {
+        json_ok(json!({ "ready": true }))
+    }
+}
+
+fn metrics(app: &App) -> Response<ResponseBody> {
+    let mut res = Response::new(Full::new(Bytes::from(app.metrics.render())));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+/// A JSON response with `status`.
+pub fn json(status: StatusCode, value: Value) -> Response<ResponseBody> {
+    let mut res = Response::new(Full::new(Bytes::from(value.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn json_ok(value: Value) -> Response<ResponseBody> {
+    json(StatusCode::OK, value)
+}
+
+/// `{"error": message}` with `status`.
+pub fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    json(status, json!({ "error": message }))
+}
+
+/// The `Retry-After` value for refused upgrades.
+pub fn retry_after() -> HeaderValue {
+    HeaderValue::from_static(RETRY_AFTER_SECS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    async fn call(app: &Arc<App>, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let res = handle(app.clone(), req).await;
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[test]
+    fn routes_parse() {
+        assert_eq!(Route::parse("/ws/abc"), Some(Route::Ws(Some("abc"))));
+        assert_eq!(Route::parse("/ws/"), None);
+        assert_eq!(Route::parse("/ws/a/b"), None);
+        assert_eq!(Route::parse("/nope"), None);
+    }
+
+    #[tokio::test]
+    async fn broadcast_validates_its_body() {
+        let app = App::new(Config { max_message_size: 64, ..Config::default() });
+        let post = Method::POST;
+        assert_eq!(call(&app, post.clone(), "/broadcast", r#"{"message":"hi"}"#).await.0, StatusCode::OK);
+        let (status, body) = call(&app, post.clone(), "/broadcast", r#"{"message":""}"#).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("No message provided")));
+        let (status, body) = call(&app, post.clone(), "/broadcast", "{oops").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().starts_with("Invalid JSON"));
+        let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(100));
+        assert_eq!(call(&app, post, "/broadcast", &big).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn wrong_method_and_unknown_path() {
+        let app = App::new(Config::default());
+        assert_eq!(call(&app, Method::GET, "/broadcast", "").await.0, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(call(&app, Method::GET, "/missing", "").await.0, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,228 @@
+//! The local registry: which connections this process holds, and fan-out to
+//! them.
+//!
+//! Connections live in [`SHARDS`] independently locked maps, so connects,
+//! disconnects and concurrent broadcasts on different shards never wait for
+//! each other, and a broadcast holds each shard's read lock only while it
+//! pushes into that shard's outboxes (pushes never await).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Push};
+
+/// Number of registry shards. A power of two well above the core count keeps
+/// the chance that two threads want the same shard's write lock small.
+pub const SHARDS: usize = 64;
+
+/// A connection's id, unique within this process.
+pub type ConnId = u64;
+
+/// One registered connection.
+#[derive(Debug, Clone)]
+struct Conn {
+    /// The client id from `/ws/{client_id}` or a generated UUID.
+    user: Arc<str>,
+    outbox: Arc<Outbox>,
+}
+
+/// The registry of local connections.
+#[derive(Debug)]
+pub struct Hub {
+    shards: Box<[RwLock<HashMap<ConnId, Conn>>]>,
+    /// Registered connections; kept beside the shards so `/connections` is
+    /// one atomic load instead of 64 locks.
+    count: AtomicUsize,
+    next_id: AtomicU64,
+    queue_bound: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// What a fan-out did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Connections the frame was queued for.
+    pub queued: usize,
+    /// Connections disconnected by this fan-out because their queue was full.
+    pub overflowed: usize,
+}
+
+/// Keeps a connection registered; dropping it unregisters the connection.
+#[derive(Debug)]
+pub struct Registration {
+    hub: Arc<Hub>,
+    id: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+impl Registration {
+    /// This connection's id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// This connection's outbound queue.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.outbox.close();
+        self.hub.remove(self.id);
+    }
+}
+
+impl Hub {
+    /// An empty hub whose connections queue at most `queue_bound` frames.
+    pub fn new(queue_bound: usize, metrics: Arc<Metrics>) -> Self {
+        let shards = (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect();
+        Hub {
+            shards,
+            count: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            queue_bound,
+            metrics,
+        }
+    }
+
+    /// Registers a connection of `user`.
+    pub fn register(self: &Arc<Self>, user: Arc<str>) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::new(self.queue_bound));
+        let conn = Conn {
+            user,
+            outbox: outbox.clone(),
+        };
+        write(&self.shards[shard(id)]).insert(id, conn);
+        let now = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.connection_opened(now);
+        Registration {
+            hub: self.clone(),
+            id,
+            outbox,
+        }
+    }
+
+    fn remove(&self, id: ConnId) {
+        if write(&self.shards[shard(id)]).remove(&id).is_some() {
+            let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
+            self.metrics.connection_closed(now);
+        }
+    }
+
+    /// Connections registered right now.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues `frame` for every connection but `except`.
+    pub fn broadcast(&self, frame: &Bytes, except: Option<ConnId>) -> Fanout {
+        self.fan_out(frame, |id, _| Some(id) != except)
+    }
+
+    /// Queues `frame` for every connection of `user`.
+    pub fn send_to_user(&self, user: &str, frame: &Bytes) -> Fanout {
+        self.fan_out(frame, |_, conn| &*conn.user == user)
+    }
+
+    fn fan_out(&self, frame: &Bytes, wanted: impl Fn(ConnId, &Conn) -> bool) -> Fanout {
+        let started = Instant::now();
+        let mut fanout = Fanout::default();
+        for shard in self.shards.iter() {
+            let conns = read(shard);
+            for (&id, conn) in conns.iter().filter(|(id, conn)| wanted(**id, conn)) {
+                match conn.outbox.push(frame.clone()) {
+                    Push::Queued => fanout.queued += 1,
+                    Push::Overflowed => {
+                        fanout.overflowed += 1;
+                        tracing::warn!(conn = id, user = %conn.user, "slow consumer: outbound queue full, disconnecting");
+                    }
+                    Push::Closed => {}
+                }
+            }
+        }
+        self.metrics.fanout(started.elapsed(), fanout.overflowed);
+        fanout
+    }
+}
+
+fn shard(id: ConnId) -> usize {
+    (id as usize) % SHARDS
+}
+
+// A poisoned lock only means another thread panicked mid-insert or mid-remove
+// of a HashMap entry, which leaves the map consistent: keep serving.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    fn hub(bound: usize) -> Arc<Hub> {
+        Arc::new(Hub::new(bound, Arc::new(Metrics::new())))
+    }
+
+    fn drained(reg: &Registration) -> VecDeque<Bytes> {
+        let mut out = VecDeque::new();
+        reg.outbox().drain_into(&mut out);
+        out
+    }
+
+    #[test]
+    fn broadcast_skips_the_sender_and_shares_bytes() {
+        let hub = hub(4);
+        let regs: Vec<_> = (0..100).map(|i| hub.register(format!("u{i}").into())).collect();
+        let frame = Bytes::from_static(b"frame");
+        let fanout = hub.broadcast(&frame, Some(regs[0].id()));
+        assert_eq!(fanout, Fanout { queued: 99, overflowed: 0 });
+        assert!(drained(&regs[0]).is_empty());
+        let got = drained(&regs[1]);
+        assert_eq!(got[0].as_ptr(), frame.as_ptr(), "recipients share one buffer");
+    }
+
+    #[test]
+    fn dropping_a_registration_unregisters() {
+        let hub = hub(4);
+        let a = hub.register("a".into());
+        let b = hub.register("a".into());
+        assert_eq!(hub.len(), 2);
+        assert_eq!(hub.send_to_user("a", &Bytes::from_static(b"x")).queued, 2);
+        drop(a);
+        assert_eq!(hub.len(), 1);
+        drop(b);
+        assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_overflows_only_that_connection() {
+        let hub = hub(1);
+        let slow = hub.register("slow".into());
+        let fast = hub.register("fast".into());
+        hub.broadcast(&Bytes::from_static(b"1"), None);
+        drained(&fast);
+        let fanout = hub.broadcast(&Bytes::from_static(b"2"), None);
+        assert_eq!(fanout, Fanout { queued: 1, overflowed: 1 });
+        assert!(slow.outbox().overflowed());
+        assert_eq!(drained(&fast).len(), 1);
+    }
+}

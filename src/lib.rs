@@ -1,0 +1,32 @@
+//! wsnotify: a real-time notification server. It holds WebSocket
+//! connections and fans each message out to the right clients, with the
+//! HTTP API and texts of the FastAPI servers it replaces, and drains
+//! gracefully on SIGINT/SIGTERM.
+//!
+//! # Layout
+//! - [`config`]: flags and environment → one [`Config`], defaults documented.
+//! - [`server`]: `run(listener, config, signals)`: accept loop, periodic
+//!   notifier, drain on the first signal.
+//! - [`http`]: the routes; [`upgrade`]: `GET /ws[/{client_id}]` → session.
+//! - [`session`]: one WebSocket's life in a single `select!`.
+//! - [`hub`]: the sharded registry of local connections and their fan-out;
+//!   [`outbox`]: one connection's bounded queue.
+//! - [`protocol`]: texts, pre-encoded frames, close codes, fragment reassembly.
+//! - [`shutdown`]: the drain: notice, wait with deadline, forced 1001.
+//! - [`metrics`]: Prometheus counters, gauges and histograms.
+//! - [`app`]: the shared state handed to handlers and sessions.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod outbox;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod upgrade;
+
+pub use config::Config;
+pub use shutdown::Outcome;

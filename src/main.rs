@@ -1,0 +1,57 @@
+//! The `wsnotify` binary: configuration, logging, bind, signals, run.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use futures_util::Stream;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use wsnotify::{Config, server};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match start(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    let signals = signals()?;
+    tracing::info!(
+        shutdown_timeout_s = config.shutdown_timeout.as_secs_f64(),
+        "wsnotify listening on http://{addr} (WebSocket: ws://{addr}/ws), in-memory broker"
+    );
+    let outcome = server::run(listener, config, signals).await;
+    tracing::info!(?outcome, "wsnotify stopped");
+    Ok(())
+}
+
+/// One item per SIGINT or SIGTERM, logged as it arrives.
+fn signals() -> std::io::Result<impl Stream<Item = ()> + Send + Unpin> {
+    let term = signal(SignalKind::terminate())?;
+    let int = signal(SignalKind::interrupt())?;
+    Ok(Box::pin(futures_util::stream::unfold((term, int), |(mut term, mut int)| async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("received {name}");
+        Some(((), (term, int)))
+    })))
+}

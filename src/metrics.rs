@@ -1,0 +1,139 @@
+//! Counters, gauges and histograms, served at `GET /metrics` in the
+//! Prometheus text format (prometheus-client). Every metric is an atomic, so
+//! recording one never takes a lock.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// All of wsnotify's metrics and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    active: Gauge,
+    opened: Counter,
+    received: Counter,
+    delivered: Counter,
+    slow_consumers: Counter,
+    fanout_seconds: Histogram,
+    shutdown: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wsnotify");
+        let metrics = Metrics {
+            active: Gauge::default(),
+            opened: Counter::default(),
+            received: Counter::default(),
+            delivered: Counter::default(),
+            slow_consumers: Counter::default(),
+            // 1 µs .. ~4 s: a fan-out to one client up to 10k+ slow ones.
+            fanout_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
+            shutdown: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let m = &metrics;
+        registry.register("active_connections", "Open WebSocket connections", m.active.clone());
+        registry.register("connections_opened", "WebSocket connections accepted", m.opened.clone());
+        registry.register("messages_received", "Text messages received from clients", m.received.clone());
+        registry.register(
+            "messages_delivered",
+            "Frames written to client sockets",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "slow_consumer_disconnects",
+            "Connections closed with 4008 because their outbound queue overflowed",
+            m.slow_consumers.clone(),
+        );
+        registry.register(
+            "broadcast_fanout_seconds",
+            "Time to queue one message for every local recipient",
+            m.fanout_seconds.clone(),
+        );
+        registry.register(
+            "shutdown_in_progress",
+            "1 while draining after SIGINT/SIGTERM, else 0",
+            m.shutdown.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+
+    /// A connection registered; `now` is the new count.
+    pub fn connection_opened(&self, now: usize) {
+        self.opened.inc();
+        self.active.set(now as i64);
+    }
+
+    /// A connection unregistered; `now` is the new count.
+    pub fn connection_closed(&self, now: usize) {
+        self.active.set(now as i64);
+    }
+
+    /// A text message arrived from a client.
+    pub fn message_received(&self) {
+        self.received.inc();
+    }
+
+    /// `frames` frames were written to one client's socket.
+    pub fn delivered(&self, frames: usize) {
+        self.delivered.inc_by(frames as u64);
+    }
+
+    /// A fan-out finished.
+    pub fn fanout(&self, took: Duration, overflowed: usize) {
+        self.fanout_seconds.observe(took.as_secs_f64());
+        if overflowed > 0 {
+            self.slow_consumers.inc_by(overflowed as u64);
+        }
+    }
+
+    /// The drain started.
+    pub fn shutdown_started(&self) {
+        self.shutdown.set(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_every_metric() {
+        let m = Metrics::new();
+        m.connection_opened(1);
+        m.fanout(Duration::from_micros(3), 1);
+        let text = m.render();
+        for name in [
+            "wsnotify_active_connections 1",
+            "wsnotify_connections_opened_total 1",
+            "wsnotify_messages_received_total 0",
+            "wsnotify_messages_delivered_total 0",
+            "wsnotify_slow_consumer_disconnects_total 1",
+            "wsnotify_broadcast_fanout_seconds_count 1",
+            "wsnotify_shutdown_in_progress 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The server: a function of a listener, a configuration and a stream of
+//! shutdown signals. It accepts HTTP/1 connections (with upgrades), runs the
+//! periodic notifier, and on the first signal drains.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::http;
+use crate::protocol;
+use crate::shutdown::{Outcome, Timing};
+
+/// A client must finish sending its request head within this time, so idle
+/// half-open sockets cannot pile up.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight HTTP requests may take to finish once the server exits.
+const HTTP_GRACE: Duration = Duration::from_secs(1);
+/// Pause after a failed `accept` (e.g. out of file descriptors) before
+/// trying again, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `listener` until shut down. The first item of `signals` starts the
+/// graceful drain; a second one forces the close; a stream that ends without
+/// an item also starts the drain.
+pub async fn run<S>(listener: TcpListener, config: Config, signals: S) -> Outcome
+where
+    S: Stream<Item = ()> + Send + Unpin,
+{
+    let timing = Timing {
+        timeout: config.shutdown_timeout,
+        log_interval: config.shutdown_log_interval,
+    };
+    let app = App::new(config);
+    let stop = CancellationToken::new();
+    let http_conns = TaskTracker::new();
+    let acceptor = tokio::spawn(accept(listener, app.clone(), stop.clone(), http_conns.clone()));
+    if let Some(every) = app.config.notifications() {
+        tokio::spawn(notify_periodically(app.clone(), every));
+    }
+
+    let mut signals = signals;
+    signals.next().await;
+    let outcome = app.shutdown.drain(&app.hub, &app.metrics, timing, signals).await;
+
+    stop.cancel();
+    let _ = acceptor.await;
+    http_conns.close();
+    if tokio::time::timeout(HTTP_GRACE, http_conns.wait()).await.is_err() {
+        tracing::debug!("dropping HTTP connections still open at exit");
+    }
+    outcome
+}
+
+/// Accepts connections until `stop`; each is served by hyper in its own task.
+async fn accept(listener: TcpListener, app: Arc<App>, stop: CancellationToken, conns: TaskTracker) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed; retrying shortly");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Notifications are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(http::handle(app, req).await) }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let mut conn = pin!(conn);
+            let served = tokio::select! {
+                served = conn.as_mut() => served,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(err) = served {
+                tracing::debug!(%err, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Sends the periodic notification until the drain starts.
+async fn notify_periodically(app: Arc<App>, every: Duration) {
+    let frame = protocol::text_frame(&protocol::periodic(every));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.draining() => return,
+            _ = ticks.tick() => {
+                app.hub.broadcast(&frame, None);
+            }
+        }
+    }
+}

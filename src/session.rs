@@ -1,0 +1,246 @@
+//! One WebSocket's life, from the greeting to the close: a single `select!`
+//! over the client's frames, the connection's outbox, and the shutdown.
+//!
+//! Reading uses fastwebsockets' [`WebSocketRead`]. Its `read_frame` is not
+//! cancel-safe (a frame half-read when another arm wins would be lost), so the
+//! reader lives inside a stream whose pending read survives across loop turns.
+//! Writing bypasses fastwebsockets' writer on purpose: frames arrive already
+//! encoded (see [`crate::protocol::encode`]) and shared by every recipient, so
+//! the session hands them to one `writev` per wake-up, without copying them.
+//! The session is generic over the IO so a test can drive it over a duplex pipe.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::IoSlice;
+use std::pin::pin;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use fastwebsockets::{Role, WebSocketError, WebSocketRead, after_handshake_split};
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+use crate::app::App;
+use crate::hub::Registration;
+use crate::protocol::{self, Assembler, Close, Event, Inbound};
+use crate::shutdown::CLOSE_GRACE;
+
+/// At most this many frames go into one `writev` call (Linux allows 1024).
+const MAX_IOVECS: usize = 64;
+
+/// Why the session loop ended.
+#[derive(Debug)]
+enum Ending {
+    /// The peer is gone (EOF, reset, failed write): nothing more can be sent.
+    Gone,
+    /// The client sent a close frame with this code: echo it.
+    Echo(u16),
+    /// The server closes: send this close frame and wait briefly for the answer.
+    Close(Close),
+}
+
+/// Serves one upgraded WebSocket for `user` until it closes.
+pub async fn run<R, W>(app: Arc<App>, reader: R, mut writer: W, user: Arc<str>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let registration = app.hub.register(user.clone());
+    tracing::debug!(conn = registration.id(), %user, active = app.hub.len(), "client connected");
+    let (mut reader, _) = after_handshake_split(reader, tokio::io::sink(), Role::Server);
+    // Pings and closes are answered here, through the outbox, so the reader
+    // never needs a writer; the size check allows exactly MAX_MESSAGE_SIZE.
+    reader.set_auto_pong(false);
+    reader.set_auto_close(false);
+    reader.set_max_message_size(app.config.max_message_size.saturating_add(1));
+    let mut inbound = pin!(frames(reader));
+
+    registration.outbox().push(app.connected_frame.clone());
+    let mut pending = VecDeque::new();
+    let ending = serve(&app, &registration, inbound.as_mut(), &mut writer, &mut pending).await;
+    let id = registration.id();
+    drop(registration);
+    close(ending, pending.pop_front(), inbound, &mut writer).await;
+    tracing::debug!(conn = id, %user, active = app.hub.len(), "client disconnected");
+}
+
+/// The session loop proper: returns as soon as the connection must end.
+///
+/// On return `pending` holds at most one frame: the rest of a frame whose
+/// write was interrupted, which must go out before any close frame.
+async fn serve<S, W>(
+    app: &App,
+    reg: &Registration,
+    mut inbound: std::pin::Pin<&mut S>,
+    writer: &mut W,
+    pending: &mut VecDeque<Bytes>,
+) -> Ending
+where
+    S: Stream<Item = Result<Inbound, WebSocketError>>,
+    W: AsyncWrite + Unpin,
+{
+    let outbox = reg.outbox();
+    let mut assembler = Assembler::new(app.config.max_message_size);
+    let mut notified = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = outbox.killed() => return Ending::Close(Close::SlowConsumer),
+            _ = app.shutdown.forced() => return Ending::Close(Close::GoingAway),
+            _ = app.shutdown.draining(), if !notified => {
+                notified = true;
+                outbox.push(app.shutdown_frame.clone());
+            }
+            _ = outbox.ready() => {
+                outbox.drain_into(pending);
+                if let Some(ending) = flush(app, reg, writer, pending).await {
+                    return ending;
+                }
+            }
+            frame = inbound.next() => {
+                let event = match frame {
+                    Some(Ok(frame)) => assembler.push(frame),
+                    Some(Err(err)) => return read_failed(&err),
+                    None => return Ending::Gone,
+                };
+                if let Some(ending) = on_event(app, reg, event) {
+                    return ending;
+                }
+            }
+        }
+    }
+}
+
+/// Acts on one classified inbound frame; `Some` ends the session.
+fn on_event(app: &App, reg: &Registration, event: Event) -> Option<Ending> {
+    match event {
+        Event::Text(text) => {
+            app.metrics.message_received();
+            reg.outbox().push(protocol::text_frame(&protocol::you_said(&text)));
+            app.broadcast(&protocol::new_message(&text), Some(reg.id()));
+            None
+        }
+        Event::Ping(payload) => {
+            reg.outbox().push(protocol::pong_frame(&payload));
+            None
+        }
+        Event::Nothing => None,
+        Event::ClientClose(code) => Some(Ending::Echo(code)),
+        Event::Violation(close) => Some(Ending::Close(close)),
+    }
+}
+
+fn read_failed(err: &WebSocketError) -> Ending {
+    match Close::for_read_error(err) {
+        Some(close) => {
+            tracing::debug!(%err, code = close.code(), "closing on a bad frame");
+            Ending::Close(close)
+        }
+        None => Ending::Gone,
+    }
+}
+
+/// Writes every pending frame; a kill or forced close interrupts a write
+/// blocked on a client that stopped reading. `Some` ends the session.
+async fn flush<W>(app: &App, reg: &Registration, writer: &mut W, pending: &mut VecDeque<Bytes>) -> Option<Ending>
+where
+    W: AsyncWrite + Unpin,
+{
+    let count = pending.len();
+    tokio::select! {
+        written = write_frames(writer, pending) => match written {
+            Ok(()) => {
+                app.metrics.delivered(count);
+                None
+            }
+            Err(_) => Some(Ending::Gone),
+        },
+        _ = reg.outbox().killed() => Some(interrupted(pending, Close::SlowConsumer)),
+        _ = app.shutdown.forced() => Some(interrupted(pending, Close::GoingAway)),
+    }
+}
+
+/// Ends a session whose write was cut short: the front frame may be
+/// half-written, so only it is kept, to be finished before the close frame.
+fn interrupted(pending: &mut VecDeque<Bytes>, close: Close) -> Ending {
+    pending.truncate(1);
+    Ending::Close(close)
+}
+
+/// Writes `frames` with as few `writev` calls as the socket allows.
+async fn write_frames<W>(writer: &mut W, frames: &mut VecDeque<Bytes>) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    while !frames.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = frames
+            .iter()
+            .zip(slices.iter_mut())
+            .map(|(frame, slice)| *slice = IoSlice::new(frame))
+            .count();
+        let mut written = writer.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let Some(front) = frames.front_mut() else { break };
+            if front.len() <= written {
+                written -= front.len();
+                frames.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+    writer.flush().await
+}
+
+/// Ends the connection the way `ending` asks, after finishing `unfinished`
+/// (the tail of an interrupted frame), never for longer than the close grace
+/// per step, then shuts the socket down.
+async fn close<S, W>(ending: Ending, unfinished: Option<Bytes>, mut inbound: std::pin::Pin<&mut S>, writer: &mut W)
+where
+    S: Stream<Item = Result<Inbound, WebSocketError>>,
+    W: AsyncWrite + Unpin,
+{
+    let frame = match ending {
+        Ending::Gone => return,
+        Ending::Echo(code) => protocol::close_echo(code),
+        Ending::Close(close) => close.frame(),
+    };
+    let initiated = matches!(ending, Ending::Close(_));
+    let mut frames: VecDeque<Bytes> = unfinished.into_iter().chain([frame]).collect();
+    let sent = timeout(CLOSE_GRACE, write_frames(writer, &mut frames)).await;
+    if initiated && matches!(sent, Ok(Ok(()))) {
+        // Wait for the client's close frame (or EOF), skipping data frames.
+        let answered = async {
+            while let Some(Ok(frame)) = inbound.next().await {
+                if frame.opcode == fastwebsockets::OpCode::Close {
+                    break;
+                }
+            }
+        };
+        let _ = timeout(CLOSE_GRACE, answered).await;
+    }
+    let _ = timeout(CLOSE_GRACE, writer.shutdown()).await;
+}
+
+/// The client's frames as a stream. The read in progress is stored in the
+/// stream, so dropping a `next()` future in `select!` loses nothing. The
+/// stream ends after the first error.
+fn frames<R>(reader: WebSocketRead<R>) -> impl Stream<Item = Result<Inbound, WebSocketError>>
+where
+    R: AsyncRead + Unpin,
+{
+    futures_util::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        // Never called: auto-pong and auto-close are off.
+        let mut no_obligations = |_| async { Ok::<(), Infallible>(()) };
+        let read = reader.read_frame(&mut no_obligations).await.map(Inbound::from_frame);
+        let next = read.is_ok().then_some(reader);
+        Some((read, next))
+    })
+}

@@ -1,0 +1,84 @@
+//! `GET /ws` and `GET /ws/{client_id}`: checks, the 101 answer (built by
+//! fastwebsockets), and the hand-over of the upgraded socket to a tracked
+//! session task.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use hyper::header::{self, HeaderValue};
+use hyper::upgrade::Upgraded;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::app::App;
+use crate::http::{MAX_CLIENT_ID, ResponseBody, error, retry_after};
+use crate::session;
+
+/// Answers an upgrade request and, on success, starts its session.
+pub fn websocket<B>(app: &Arc<App>, mut req: Request<B>, client_id: Option<String>) -> Response<ResponseBody> {
+    if app.shutdown.is_draining() {
+        let mut res = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down; reconnect later, possibly to another instance",
+        );
+        res.headers_mut().insert(header::RETRY_AFTER, retry_after());
+        return res;
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        let mut res = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket only: send an upgrade request (Connection: Upgrade, Upgrade: websocket)",
+        );
+        res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return res;
+    }
+    if client_id.as_ref().is_some_and(|id| id.len() > MAX_CLIENT_ID) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("client_id longer than {MAX_CLIENT_ID} bytes"),
+        );
+    }
+    let (res, upgrading) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(ok) => ok,
+        Err(err) => return refused_handshake(err),
+    };
+    let user: Arc<str> = client_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()).into();
+    let app_for_session = app.clone();
+    app.shutdown.spawn_session(async move {
+        match upgrading.await {
+            Ok(ws) => serve(app_for_session, ws.into_inner().into_inner(), user).await,
+            Err(err) => tracing::debug!(%err, "upgrade did not complete"),
+        }
+    });
+    res.map(|_| ResponseBody::default())
+}
+
+/// Runs the session on the raw TCP stream when hyper gives it back, so reads
+/// and writes go straight to the socket halves without a shared lock.
+async fn serve(app: Arc<App>, upgraded: Upgraded, user: Arc<str>) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let mut tcp = parts.io.into_inner();
+            let (read, write) = tcp.split();
+            // Bytes the client sent right behind its handshake come first.
+            let read = Cursor::new(parts.read_buf).chain(read);
+            session::run(app, read, write, user).await
+        }
+        Err(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            session::run(app, read, write, user).await
+        }
+    }
+}
+
+fn refused_handshake(err: fastwebsockets::WebSocketError) -> Response<ResponseBody> {
+    let mut res = error(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {err}"));
+    if matches!(err, fastwebsockets::WebSocketError::InvalidSecWebsocketVersion) {
+        *res.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        res.headers_mut()
+            .insert("Sec-WebSocket-Version", HeaderValue::from_static("13"));
+    }
+    res
+}

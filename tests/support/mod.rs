@@ -1,0 +1,311 @@
+//! Shared test helpers: an in-process server on port 0, real WebSocket
+//! clients (tokio-tungstenite), a raw frame client for malformed input, and a
+//! small HTTP client (hyper). No fixed ports, no sleeps where an event can be
+//! awaited.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsnotify::{Config, Outcome, server};
+
+/// How long any single expected event may take before a test fails.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    signals: mpsc::UnboundedSender<()>,
+    handle: JoinHandle<Outcome>,
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1:0 with `config`.
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (signals, rx) = mpsc::unbounded_channel();
+        let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|()| ((), rx))
+        }));
+        let handle = tokio::spawn(server::run(listener, config, stream));
+        TestServer { addr, signals, handle }
+    }
+
+    /// A server with the periodic notifier off, so tests see only their own traffic.
+    pub async fn quiet() -> Self {
+        Self::start(Config { notification_interval: Duration::ZERO, ..Config::default() }).await
+    }
+
+    /// Delivers one shutdown signal (the first drains, the second forces).
+    pub fn signal(&self) {
+        let _ = self.signals.send(());
+    }
+
+    /// Waits for the server to return.
+    pub async fn finished(self) -> Outcome {
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("server did not stop")
+            .unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects a real WebSocket client to `path` and reads the greeting.
+pub async fn connect(addr: SocketAddr, path: &str) -> Ws {
+    let mut ws = connect_raw(addr, path).await;
+    assert_eq!(next_text(&mut ws).await, "🟢 Connected to server");
+    ws
+}
+
+/// Connects without reading anything.
+pub async fn connect_raw(addr: SocketAddr, path: &str) -> Ws {
+    let (ws, res) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .expect("WebSocket connect");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+/// The next text message, skipping pings and pongs.
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match next_message(ws).await {
+            Message::Text(text) => return text.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// The next message of any kind.
+pub async fn next_message(ws: &mut Ws) -> Message {
+    tokio::time::timeout(PATIENCE, ws.next())
+        .await
+        .expect("timed out waiting for a message")
+        .expect("stream ended")
+        .expect("WebSocket error")
+}
+
+/// Reads until the server's close frame and returns it.
+pub async fn close_frame(ws: &mut Ws) -> Option<CloseFrame> {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.expect("timed out waiting for close") {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => panic!("error before close frame: {err}"),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+/// Sends a text message.
+pub async fn send(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+/// Asserts that nothing arrives for a short while.
+pub async fn assert_silent(ws: &mut Ws) {
+    if let Ok(msg) = tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+        panic!("expected silence, got {msg:?}");
+    }
+}
+
+/// An HTTP response, body as text.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends one HTTP/1.1 request over a fresh connection.
+pub async fn http(addr: SocketAddr, method: Method, path: &str, body: &str) -> Reply {
+    http_with(addr, method, path, body, &[]).await
+}
+
+/// Like [`http`], with extra headers.
+pub async fn http_with(addr: SocketAddr, method: Method, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let res = tokio::time::timeout(PATIENCE, sender.send_request(req)).await.expect("HTTP timeout").unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// A client that writes raw frames, for input a well-behaved library refuses to send.
+pub struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// Frame opcodes for [`RawWs::send_frame`].
+pub mod op {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+}
+
+impl RawWs {
+    /// Performs the handshake by hand and reads the greeting.
+    pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = RawWs { stream, buf: Vec::new() };
+        let head_end = loop {
+            if let Some(pos) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            raw.fill().await;
+        };
+        let head = String::from_utf8_lossy(&raw.buf[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "handshake refused: {head}");
+        raw.buf.drain(..head_end);
+        let (opcode, payload) = raw.read_frame().await.expect("greeting");
+        assert_eq!((opcode, payload.as_slice()), (op::TEXT, "🟢 Connected to server".as_bytes()));
+        raw
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+            .await
+            .expect("timed out reading")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Writes one masked frame with `first_byte` = FIN/RSV bits | opcode.
+    pub async fn send_raw(&mut self, first_byte: u8, payload: &[u8]) {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut frame = vec![first_byte];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 65536 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        // The server may close before reading everything; that is the point of some tests.
+        let _ = self.stream.write_all(&frame).await;
+    }
+
+    /// Writes bytes as they are.
+    pub async fn send_raw_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Writes one masked frame.
+    pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        self.send_raw(((fin as u8) << 7) | opcode, payload).await
+    }
+
+    /// Reads one server frame: `(opcode, payload)`, or `None` at EOF.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((len, header)) = parse_len(&self.buf) {
+                if self.buf.len() >= header + len {
+                    let opcode = self.buf[0] & 0x0f;
+                    let payload = self.buf[header..header + len].to_vec();
+                    self.buf.drain(..header + len);
+                    return Some((opcode, payload));
+                }
+            }
+            if self.fill().await == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads frames until a close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some((opcode, payload)) = self.read_frame().await {
+            if opcode == op::CLOSE {
+                return Some(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        None
+    }
+}
+
+fn parse_len(buf: &[u8]) -> Option<(usize, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => Some((u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)),
+        127 if buf.len() >= 10 => Some((u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10)),
+        126 | 127 => None,
+        n => Some((n as usize, 2)),
+    }
+}
+
+/// Polls `/metrics` until `line` appears (metrics are updated asynchronously).
+pub async fn wait_for_metric(addr: SocketAddr, line: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = http(addr, Method::GET, "/metrics", "").await.body;
+        if text.lines().any(|l| l == line) {
+            return text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "metric `{line}` never appeared:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `/connections` reports `n`.
+pub async fn wait_for_connections(addr: SocketAddr, n: u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = http(addr, Method::GET, "/connections", "").await.json()["active_connections"].as_u64();
+        if now == Some(n) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "active_connections stayed {now:?}, wanted {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
