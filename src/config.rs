@@ -100,10 +100,14 @@ fn secs(value: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{value}` is not a number of seconds"))?;
     if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{value}` must be a non-negative number of seconds"));
+        return Err(format!(
+            "`{value}` must be a non-negative number of seconds"
+        ));
     }
     if secs > DURATION_CAP_SECS {
-        return Err(format!("`{value}` is longer than one week ({DURATION_CAP_SECS} s)"));
+        return Err(format!(
+            "`{value}` is longer than one week ({DURATION_CAP_SECS} s)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }

@@ -104,8 +104,10 @@ where
 
 fn page() -> Response<ResponseBody> {
     let mut res = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     res
 }
 
@@ -120,7 +122,12 @@ where
     };
     let message = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(mut fields)) => fields.remove("message"),
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "expected a JSON object like {\"message\": \"...\"}"),
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected a JSON object like {\"message\": \"...\"}",
+            );
+        }
         Err(err) => return error(StatusCode::BAD_REQUEST, &format!("Invalid JSON: {err}")),
     };
     match message {
@@ -129,7 +136,9 @@ where
             tracing::debug!(recipients = fanout.queued, "broadcast over HTTP");
             json_ok(json!({ "status": "Message broadcasted" }))
         }
-        None | Some(Value::Null) | Some(Value::String(_)) => error(StatusCode::BAD_REQUEST, "No message provided"),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            error(StatusCode::BAD_REQUEST, "No message provided")
+        }
         Some(_) => error(StatusCode::BAD_REQUEST, "\"message\" must be a string"),
     }
 }
@@ -140,7 +149,12 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {limit} bytes"));
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body larger than {limit} bytes"),
+        )
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -152,7 +166,10 @@ where
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(err) => Err(error(StatusCode::BAD_REQUEST, &format!("could not read the body: {err}"))),
+        Err(err) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("could not read the body: {err}"),
+        )),
     }
 }
 
@@ -168,7 +185,10 @@ fn health(app: &App) -> Response<ResponseBody> {
 
 fn ready(app: &App) -> Response<ResponseBody> {
     if app.shutdown.is_draining() {
-        json(StatusCode::SERVICE_UNAVAILABLE, json!({ "ready": false, "reason": "shutting down" }))
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "reason": "shutting down" }),
+        )
     } else {
         json_ok(json!({ "ready": true }))
     }
@@ -187,8 +207,10 @@ fn metrics(app: &App) -> Response<ResponseBody> {
 pub fn json(status: StatusCode, value: Value) -> Response<ResponseBody> {
     let mut res = Response::new(Full::new(Bytes::from(value.to_string())));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }
 
@@ -220,7 +242,10 @@ mod tests {
         let res = handle(app.clone(), req).await;
         let status = res.status();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     #[test]
@@ -233,22 +258,42 @@ mod tests {
 
     #[tokio::test]
     async fn broadcast_validates_its_body() {
-        let app = App::new(Config { max_message_size: 64, ..Config::default() });
+        let app = App::new(Config {
+            max_message_size: 64,
+            ..Config::default()
+        });
         let post = Method::POST;
-        assert_eq!(call(&app, post.clone(), "/broadcast", r#"{"message":"hi"}"#).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&app, post.clone(), "/broadcast", r#"{"message":"hi"}"#)
+                .await
+                .0,
+            StatusCode::OK
+        );
         let (status, body) = call(&app, post.clone(), "/broadcast", r#"{"message":""}"#).await;
-        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("No message provided")));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("No message provided"))
+        );
         let (status, body) = call(&app, post.clone(), "/broadcast", "{oops").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body["error"].as_str().unwrap().starts_with("Invalid JSON"));
         let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(100));
-        assert_eq!(call(&app, post, "/broadcast", &big).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            call(&app, post, "/broadcast", &big).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 
     #[tokio::test]
     async fn wrong_method_and_unknown_path() {
         let app = App::new(Config::default());
-        assert_eq!(call(&app, Method::GET, "/broadcast", "").await.0, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(call(&app, Method::GET, "/missing", "").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(&app, Method::GET, "/broadcast", "").await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            call(&app, Method::GET, "/missing", "").await.0,
+            StatusCode::NOT_FOUND
+        );
     }
 }

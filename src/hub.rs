@@ -191,13 +191,25 @@ mod tests {
     #[test]
     fn broadcast_skips_the_sender_and_shares_bytes() {
         let hub = hub(4);
-        let regs: Vec<_> = (0..100).map(|i| hub.register(format!("u{i}").into())).collect();
+        let regs: Vec<_> = (0..100)
+            .map(|i| hub.register(format!("u{i}").into()))
+            .collect();
         let frame = Bytes::from_static(b"frame");
         let fanout = hub.broadcast(&frame, Some(regs[0].id()));
-        assert_eq!(fanout, Fanout { queued: 99, overflowed: 0 });
+        assert_eq!(
+            fanout,
+            Fanout {
+                queued: 99,
+                overflowed: 0
+            }
+        );
         assert!(drained(&regs[0]).is_empty());
         let got = drained(&regs[1]);
-        assert_eq!(got[0].as_ptr(), frame.as_ptr(), "recipients share one buffer");
+        assert_eq!(
+            got[0].as_ptr(),
+            frame.as_ptr(),
+            "recipients share one buffer"
+        );
     }
 
     #[test]
@@ -221,7 +233,13 @@ mod tests {
         hub.broadcast(&Bytes::from_static(b"1"), None);
         drained(&fast);
         let fanout = hub.broadcast(&Bytes::from_static(b"2"), None);
-        assert_eq!(fanout, Fanout { queued: 1, overflowed: 1 });
+        assert_eq!(
+            fanout,
+            Fanout {
+                queued: 1,
+                overflowed: 1
+            }
+        );
         assert!(slow.outbox().overflowed());
         assert_eq!(drained(&fast).len(), 1);
     }

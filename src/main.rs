@@ -14,7 +14,9 @@ use wsnotify::{Config, server};
 async fn main() -> ExitCode {
     let config = Config::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -46,12 +48,15 @@ async fn start(config: Config) -> anyhow::Result<()> {
 fn signals() -> std::io::Result<impl Stream<Item = ()> + Send + Unpin> {
     let term = signal(SignalKind::terminate())?;
     let int = signal(SignalKind::interrupt())?;
-    Ok(Box::pin(futures_util::stream::unfold((term, int), |(mut term, mut int)| async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!("received {name}");
-        Some(((), (term, int)))
-    })))
+    Ok(Box::pin(futures_util::stream::unfold(
+        (term, int),
+        |(mut term, mut int)| async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!("received {name}");
+            Some(((), (term, int)))
+        },
+    )))
 }

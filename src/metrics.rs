@@ -45,9 +45,21 @@ impl Metrics {
             registry: Registry::default(),
         };
         let m = &metrics;
-        registry.register("active_connections", "Open WebSocket connections", m.active.clone());
-        registry.register("connections_opened", "WebSocket connections accepted", m.opened.clone());
-        registry.register("messages_received", "Text messages received from clients", m.received.clone());
+        registry.register(
+            "active_connections",
+            "Open WebSocket connections",
+            m.active.clone(),
+        );
+        registry.register(
+            "connections_opened",
+            "WebSocket connections accepted",
+            m.opened.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "Text messages received from clients",
+            m.received.clone(),
+        );
         registry.register(
             "messages_delivered",
             "Frames written to client sockets",
@@ -68,7 +80,10 @@ impl Metrics {
             "1 while draining after SIGINT/SIGTERM, else 0",
             m.shutdown.clone(),
         );
-        Metrics { registry, ..metrics }
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 
     /// A connection registered; `now` is the new count.

@@ -106,7 +106,10 @@ impl Outbox {
 
     /// Whether this connection was killed for overflowing its queue.
     pub fn overflowed(&self) -> bool {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).overflowed
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .overflowed
     }
 
     /// Resolves once the connection has been killed.

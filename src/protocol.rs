@@ -276,10 +276,22 @@ mod tests {
     fn fragments_are_reassembled() {
         let mut a = Assembler::new(16);
         assert_eq!(a.push(frame(false, OpCode::Text, b"he")), Event::Nothing);
-        assert_eq!(a.push(frame(true, OpCode::Ping, b"p")), Event::Ping(Bytes::from_static(b"p")));
-        assert_eq!(a.push(frame(false, OpCode::Continuation, b"ll")), Event::Nothing);
-        assert_eq!(a.push(frame(true, OpCode::Continuation, b"o")), Event::Text("hello".into()));
-        assert_eq!(a.push(frame(true, OpCode::Text, b"again")), Event::Text("again".into()));
+        assert_eq!(
+            a.push(frame(true, OpCode::Ping, b"p")),
+            Event::Ping(Bytes::from_static(b"p"))
+        );
+        assert_eq!(
+            a.push(frame(false, OpCode::Continuation, b"ll")),
+            Event::Nothing
+        );
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, b"o")),
+            Event::Text("hello".into())
+        );
+        assert_eq!(
+            a.push(frame(true, OpCode::Text, b"again")),
+            Event::Text("again".into())
+        );
     }
 
     #[test]
@@ -287,20 +299,38 @@ mod tests {
         let bytes = "🟢".as_bytes();
         let mut a = Assembler::new(16);
         a.push(frame(false, OpCode::Text, &bytes[..1]));
-        assert_eq!(a.push(frame(true, OpCode::Continuation, &bytes[1..])), Event::Text("🟢".into()));
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, &bytes[1..])),
+            Event::Text("🟢".into())
+        );
     }
 
     #[test]
     fn violations_get_their_close_codes() {
         let mut a = Assembler::new(4);
-        assert_eq!(a.push(frame(true, OpCode::Binary, b"x")), Event::Violation(Close::Unsupported));
-        assert_eq!(a.push(frame(true, OpCode::Continuation, b"x")), Event::Violation(Close::Protocol));
-        assert_eq!(a.push(frame(true, OpCode::Text, &[0xff])), Event::Violation(Close::InvalidPayload));
+        assert_eq!(
+            a.push(frame(true, OpCode::Binary, b"x")),
+            Event::Violation(Close::Unsupported)
+        );
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, b"x")),
+            Event::Violation(Close::Protocol)
+        );
+        assert_eq!(
+            a.push(frame(true, OpCode::Text, &[0xff])),
+            Event::Violation(Close::InvalidPayload)
+        );
         a.push(frame(false, OpCode::Text, b"abc"));
-        assert_eq!(a.push(frame(true, OpCode::Text, b"x")), Event::Violation(Close::Protocol));
+        assert_eq!(
+            a.push(frame(true, OpCode::Text, b"x")),
+            Event::Violation(Close::Protocol)
+        );
         let mut b = Assembler::new(4);
         b.push(frame(false, OpCode::Text, b"abc"));
-        assert_eq!(b.push(frame(true, OpCode::Continuation, b"de")), Event::Violation(Close::TooBig));
+        assert_eq!(
+            b.push(frame(true, OpCode::Continuation, b"de")),
+            Event::Violation(Close::TooBig)
+        );
     }
 
     #[test]
@@ -308,8 +338,14 @@ mod tests {
         assert_eq!(parse_client_close(b""), Ok(1000));
         assert_eq!(parse_client_close(&[0x03, 0xe8, b'o', b'k']), Ok(1000));
         assert_eq!(parse_client_close(&[0x03]), Err(Close::Protocol));
-        assert_eq!(parse_client_close(&1005u16.to_be_bytes()), Err(Close::Protocol));
-        assert_eq!(parse_client_close(&[0x03, 0xe8, 0xff]), Err(Close::InvalidPayload));
+        assert_eq!(
+            parse_client_close(&1005u16.to_be_bytes()),
+            Err(Close::Protocol)
+        );
+        assert_eq!(
+            parse_client_close(&[0x03, 0xe8, 0xff]),
+            Err(Close::InvalidPayload)
+        );
     }
 
     #[test]

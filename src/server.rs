@@ -43,19 +43,30 @@ where
     let app = App::new(config);
     let stop = CancellationToken::new();
     let http_conns = TaskTracker::new();
-    let acceptor = tokio::spawn(accept(listener, app.clone(), stop.clone(), http_conns.clone()));
+    let acceptor = tokio::spawn(accept(
+        listener,
+        app.clone(),
+        stop.clone(),
+        http_conns.clone(),
+    ));
     if let Some(every) = app.config.notifications() {
         tokio::spawn(notify_periodically(app.clone(), every));
     }
 
     let mut signals = signals;
     signals.next().await;
-    let outcome = app.shutdown.drain(&app.hub, &app.metrics, timing, signals).await;
+    let outcome = app
+        .shutdown
+        .drain(&app.hub, &app.metrics, timing, signals)
+        .await;
 
     stop.cancel();
     let _ = acceptor.await;
     http_conns.close();
-    if tokio::time::timeout(HTTP_GRACE, http_conns.wait()).await.is_err() {
+    if tokio::time::timeout(HTTP_GRACE, http_conns.wait())
+        .await
+        .is_err()
+    {
         tracing::debug!("dropping HTTP connections still open at exit");
     }
     outcome
@@ -64,7 +75,8 @@ where
 /// Accepts connections until `stop`; each is served by hyper in its own task.
 async fn accept(listener: TcpListener, app: Arc<App>, stop: CancellationToken, conns: TaskTracker) {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
@@ -84,7 +96,9 @@ async fn accept(listener: TcpListener, app: Arc<App>, stop: CancellationToken, c
             let app = app.clone();
             async move { Ok::<_, std::convert::Infallible>(http::handle(app, req).await) }
         });
-        let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let stop = stop.clone();
         conns.spawn(async move {
             let mut conn = pin!(conn);

@@ -58,7 +58,14 @@ where
 
     registration.outbox().push(app.connected_frame.clone());
     let mut pending = VecDeque::new();
-    let ending = serve(&app, &registration, inbound.as_mut(), &mut writer, &mut pending).await;
+    let ending = serve(
+        &app,
+        &registration,
+        inbound.as_mut(),
+        &mut writer,
+        &mut pending,
+    )
+    .await;
     let id = registration.id();
     drop(registration);
     close(ending, pending.pop_front(), inbound, &mut writer).await;
@@ -117,7 +124,8 @@ fn on_event(app: &App, reg: &Registration, event: Event) -> Option<Ending> {
     match event {
         Event::Text(text) => {
             app.metrics.message_received();
-            reg.outbox().push(protocol::text_frame(&protocol::you_said(&text)));
+            reg.outbox()
+                .push(protocol::text_frame(&protocol::you_said(&text)));
             app.broadcast(&protocol::new_message(&text), Some(reg.id()));
             None
         }
@@ -143,7 +151,12 @@ fn read_failed(err: &WebSocketError) -> Ending {
 
 /// Writes every pending frame; a kill or forced close interrupts a write
 /// blocked on a client that stopped reading. `Some` ends the session.
-async fn flush<W>(app: &App, reg: &Registration, writer: &mut W, pending: &mut VecDeque<Bytes>) -> Option<Ending>
+async fn flush<W>(
+    app: &App,
+    reg: &Registration,
+    writer: &mut W,
+    pending: &mut VecDeque<Bytes>,
+) -> Option<Ending>
 where
     W: AsyncWrite + Unpin,
 {
@@ -185,7 +198,9 @@ where
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         while written > 0 {
-            let Some(front) = frames.front_mut() else { break };
+            let Some(front) = frames.front_mut() else {
+                break;
+            };
             if front.len() <= written {
                 written -= front.len();
                 frames.pop_front();
@@ -201,8 +216,12 @@ where
 /// Ends the connection the way `ending` asks, after finishing `unfinished`
 /// (the tail of an interrupted frame), never for longer than the close grace
 /// per step, then shuts the socket down.
-async fn close<S, W>(ending: Ending, unfinished: Option<Bytes>, mut inbound: std::pin::Pin<&mut S>, writer: &mut W)
-where
+async fn close<S, W>(
+    ending: Ending,
+    unfinished: Option<Bytes>,
+    mut inbound: std::pin::Pin<&mut S>,
+    writer: &mut W,
+) where
     S: Stream<Item = Result<Inbound, WebSocketError>>,
     W: AsyncWrite + Unpin,
 {
@@ -239,7 +258,10 @@ where
         let mut reader = reader?;
         // Never called: auto-pong and auto-close are off.
         let mut no_obligations = |_| async { Ok::<(), Infallible>(()) };
-        let read = reader.read_frame(&mut no_obligations).await.map(Inbound::from_frame);
+        let read = reader
+            .read_frame(&mut no_obligations)
+            .await
+            .map(Inbound::from_frame);
         let next = read.is_ok().then_some(reader);
         Some((read, next))
     })

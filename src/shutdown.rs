@@ -81,7 +81,13 @@ impl Shutdown {
 
     /// Drains the server. `signals` yields once more per further SIGINT or
     /// SIGTERM; the first of those skips straight to the forced close.
-    pub async fn drain<S>(&self, hub: &Hub, metrics: &Metrics, timing: Timing, signals: S) -> Outcome
+    pub async fn drain<S>(
+        &self,
+        hub: &Hub,
+        metrics: &Metrics,
+        timing: Timing,
+        signals: S,
+    ) -> Outcome
     where
         S: Stream<Item = ()> + Unpin,
     {
@@ -100,14 +106,26 @@ impl Shutdown {
             Err(why) => why,
         };
         let remaining = hub.len();
-        tracing::warn!(remaining, "{why}: force-closing {remaining} connections with 1001");
+        tracing::warn!(
+            remaining,
+            "{why}: force-closing {remaining} connections with 1001"
+        );
         self.force.cancel();
         // Every session bounds its close handshake by CLOSE_GRACE; the margin
         // covers scheduling. Anything still alive after it is dropped at exit.
-        if tokio::time::timeout(CLOSE_GRACE * 2, self.sessions.wait()).await.is_err() {
-            tracing::warn!(remaining = hub.len(), "some connections did not close in time; dropping them");
+        if tokio::time::timeout(CLOSE_GRACE * 2, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = hub.len(),
+                "some connections did not close in time; dropping them"
+            );
         }
-        Outcome::Forced { remaining, after: started.elapsed() }
+        Outcome::Forced {
+            remaining,
+            after: started.elapsed(),
+        }
     }
 
     /// Waits until every session has ended, logging progress. `Err` says why

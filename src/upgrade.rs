@@ -17,7 +17,11 @@ use crate::http::{MAX_CLIENT_ID, ResponseBody, error, retry_after};
 use crate::session;
 
 /// Answers an upgrade request and, on success, starts its session.
-pub fn websocket<B>(app: &Arc<App>, mut req: Request<B>, client_id: Option<String>) -> Response<ResponseBody> {
+pub fn websocket<B>(
+    app: &Arc<App>,
+    mut req: Request<B>,
+    client_id: Option<String>,
+) -> Response<ResponseBody> {
     if app.shutdown.is_draining() {
         let mut res = error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -31,10 +35,14 @@ pub fn websocket<B>(app: &Arc<App>, mut req: Request<B>, client_id: Option<Strin
             StatusCode::UPGRADE_REQUIRED,
             "this endpoint speaks WebSocket only: send an upgrade request (Connection: Upgrade, Upgrade: websocket)",
         );
-        res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        res.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return res;
     }
-    if client_id.as_ref().is_some_and(|id| id.len() > MAX_CLIENT_ID) {
+    if client_id
+        .as_ref()
+        .is_some_and(|id| id.len() > MAX_CLIENT_ID)
+    {
         return error(
             StatusCode::BAD_REQUEST,
             &format!("client_id longer than {MAX_CLIENT_ID} bytes"),
@@ -44,7 +52,9 @@ pub fn websocket<B>(app: &Arc<App>, mut req: Request<B>, client_id: Option<Strin
         Ok(ok) => ok,
         Err(err) => return refused_handshake(err),
     };
-    let user: Arc<str> = client_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()).into();
+    let user: Arc<str> = client_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .into();
     let app_for_session = app.clone();
     app.shutdown.spawn_session(async move {
         match upgrading.await {
@@ -74,8 +84,14 @@ async fn serve(app: Arc<App>, upgraded: Upgraded, user: Arc<str>) {
 }
 
 fn refused_handshake(err: fastwebsockets::WebSocketError) -> Response<ResponseBody> {
-    let mut res = error(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {err}"));
-    if matches!(err, fastwebsockets::WebSocketError::InvalidSecWebsocketVersion) {
+    let mut res = error(
+        StatusCode::BAD_REQUEST,
+        &format!("bad WebSocket handshake: {err}"),
+    );
+    if matches!(
+        err,
+        fastwebsockets::WebSocketError::InvalidSecWebsocketVersion
+    ) {
         *res.status_mut() = StatusCode::UPGRADE_REQUIRED;
         res.headers_mut()
             .insert("Sec-WebSocket-Version", HeaderValue::from_static("13"));

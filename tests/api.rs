@@ -58,9 +58,18 @@ async fn post_broadcast_reaches_every_client() {
     for i in 0..5 {
         clients.push(connect(server.addr, &format!("/ws/c{i}")).await);
     }
-    let reply = http(server.addr, Method::POST, "/broadcast", r#"{"message":"order shipped"}"#).await;
+    let reply = http(
+        server.addr,
+        Method::POST,
+        "/broadcast",
+        r#"{"message":"order shipped"}"#,
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.json(), serde_json::json!({"status": "Message broadcasted"}));
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"status": "Message broadcasted"})
+    );
     assert_eq!(reply.headers["content-type"], "application/json");
     for ws in &mut clients {
         assert_eq!(next_text(ws).await, "order shipped");
@@ -69,12 +78,20 @@ async fn post_broadcast_reaches_every_client() {
 
 #[tokio::test]
 async fn post_broadcast_refuses_bad_bodies() {
-    let server = TestServer::start(Config { max_message_size: 1024, ..Config::default() }).await;
+    let server = TestServer::start(Config {
+        max_message_size: 1024,
+        ..Config::default()
+    })
+    .await;
     let mut ws = connect(server.addr, "/ws").await;
     for body in ["{}", r#"{"message":""}"#, r#"{"message":null}"#] {
         let reply = http(server.addr, Method::POST, "/broadcast", body).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(reply.json(), serde_json::json!({"error": "No message provided"}), "{body}");
+        assert_eq!(
+            reply.json(),
+            serde_json::json!({"error": "No message provided"}),
+            "{body}"
+        );
     }
     for body in ["not json", r#"{"message": "#, "[1,2]", r#"{"message": 5}"#] {
         let reply = http(server.addr, Method::POST, "/broadcast", body).await;
@@ -139,13 +156,27 @@ async fn metrics_are_prometheus_text() {
         "wsnotify_slow_consumer_disconnects_total 0",
         "wsnotify_shutdown_in_progress 0",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
     }
     // greetings (2) + echo + relay
-    assert!(text.contains("wsnotify_messages_delivered_total 4"), "{text}");
-    assert!(text.contains("# TYPE wsnotify_broadcast_fanout_seconds histogram"), "{text}");
+    assert!(
+        text.contains("wsnotify_messages_delivered_total 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE wsnotify_broadcast_fanout_seconds histogram"),
+        "{text}"
+    );
     let reply = http(server.addr, Method::GET, "/metrics", "").await;
-    assert!(reply.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        reply.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
 }
 
 #[tokio::test]
@@ -153,24 +184,47 @@ async fn the_test_page_connects_to_its_own_origin() {
     let server = TestServer::quiet().await;
     let reply = http(server.addr, Method::GET, "/", "").await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(reply.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        reply.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let page = reply.body;
-    assert!(page.contains("location.host"), "page must use its own origin");
-    assert!(!page.contains("8050") && !page.contains("localhost"), "no hard-coded host or port");
+    assert!(
+        page.contains("location.host"),
+        "page must use its own origin"
+    );
+    assert!(
+        !page.contains("8050") && !page.contains("localhost"),
+        "no hard-coded host or port"
+    );
     for control in ["connect", "disconnect", "send", "check", "messages"] {
-        assert!(page.contains(&format!("id=\"{control}\"")), "missing #{control}");
+        assert!(
+            page.contains(&format!("id=\"{control}\"")),
+            "missing #{control}"
+        );
     }
 }
 
 #[tokio::test]
 async fn periodic_notifications_reach_every_client() {
-    let config = Config { notification_interval: Duration::from_millis(200), ..Config::default() };
+    let config = Config {
+        notification_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
     let server = TestServer::start(config).await;
     let mut a = connect(server.addr, "/ws").await;
     let mut b = connect(server.addr, "/ws").await;
     for ws in [&mut a, &mut b] {
-        assert_eq!(next_text(ws).await, "Periodic notification: every 0.2 seconds");
-        assert_eq!(next_text(ws).await, "Periodic notification: every 0.2 seconds");
+        assert_eq!(
+            next_text(ws).await,
+            "Periodic notification: every 0.2 seconds"
+        );
+        assert_eq!(
+            next_text(ws).await,
+            "Periodic notification: every 0.2 seconds"
+        );
     }
 }
 
@@ -189,18 +243,33 @@ async fn plain_get_on_ws_explains_the_upgrade() {
     for path in ["/ws", "/ws/alice"] {
         let reply = http(server.addr, Method::GET, path, "").await;
         assert_eq!(reply.status, StatusCode::UPGRADE_REQUIRED, "{path}");
-        assert!(reply.json()["error"].as_str().unwrap().contains("WebSocket"), "{path}");
+        assert!(
+            reply.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("WebSocket"),
+            "{path}"
+        );
     }
     let reply = http_with(
         server.addr,
         Method::GET,
         "/ws",
         "",
-        &[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13")],
+        &[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+        ],
     )
     .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert!(reply.json()["error"].as_str().unwrap().contains("Sec-WebSocket-Key"));
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("Sec-WebSocket-Key")
+    );
 }
 
 #[tokio::test]
@@ -218,7 +287,11 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
         (Method::POST, "/ws", "GET"),
     ] {
         let reply = http(server.addr, method.clone(), path, "").await;
-        assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
         assert_eq!(reply.headers["allow"], allow);
     }
 }

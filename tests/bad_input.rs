@@ -30,15 +30,28 @@ async fn expect_close(expected: u16, offend: impl AsyncFnOnce(&mut RawWs)) {
     let mut raw = RawWs::connect(server.addr, "/ws/offender").await;
     offend(&mut raw).await;
     assert_eq!(raw.close_code().await, Some(expected));
-    assert_eq!(raw.read_frame().await, None, "the server must close the TCP connection after the close frame");
+    assert_eq!(
+        raw.read_frame().await,
+        None,
+        "the server must close the TCP connection after the close frame"
+    );
     wait_for_connections(server.addr, 1).await;
-    http(server.addr, Method::POST, "/broadcast", r#"{"message":"still here"}"#).await;
+    http(
+        server.addr,
+        Method::POST,
+        "/broadcast",
+        r#"{"message":"still here"}"#,
+    )
+    .await;
     assert_eq!(next_text(&mut bystander).await, "still here");
 }
 
 #[tokio::test]
 async fn oversized_text_is_closed_with_1009() {
-    expect_close(1009, async |ws| ws.send_frame(true, op::TEXT, &vec![b'a'; MAX + 1]).await).await;
+    expect_close(1009, async |ws| {
+        ws.send_frame(true, op::TEXT, &vec![b'a'; MAX + 1]).await
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -53,8 +66,10 @@ async fn a_message_of_exactly_the_limit_is_accepted() {
 #[tokio::test]
 async fn oversized_fragmented_text_is_closed_with_1009() {
     expect_close(1009, async |ws| {
-        ws.send_frame(false, op::TEXT, &vec![b'a'; MAX / 2 + 1]).await;
-        ws.send_frame(true, op::CONTINUATION, &vec![b'a'; MAX / 2 + 1]).await;
+        ws.send_frame(false, op::TEXT, &vec![b'a'; MAX / 2 + 1])
+            .await;
+        ws.send_frame(true, op::CONTINUATION, &vec![b'a'; MAX / 2 + 1])
+            .await;
     })
     .await;
 }
@@ -73,7 +88,10 @@ async fn a_huge_declared_length_is_refused_before_it_is_read() {
 
 #[tokio::test]
 async fn invalid_utf8_is_closed_with_1007() {
-    expect_close(1007, async |ws| ws.send_frame(true, op::TEXT, &[0x66, 0xff, 0xfe]).await).await;
+    expect_close(1007, async |ws| {
+        ws.send_frame(true, op::TEXT, &[0x66, 0xff, 0xfe]).await
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -87,12 +105,18 @@ async fn invalid_utf8_across_fragments_is_closed_with_1007() {
 
 #[tokio::test]
 async fn binary_is_closed_with_1003() {
-    expect_close(1003, async |ws| ws.send_frame(true, op::BINARY, b"\x00\x01").await).await;
+    expect_close(1003, async |ws| {
+        ws.send_frame(true, op::BINARY, b"\x00\x01").await
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn reserved_bits_are_a_protocol_error() {
-    expect_close(1002, async |ws| ws.send_raw(0x80 | 0x40 | op::TEXT, b"hi").await).await;
+    expect_close(1002, async |ws| {
+        ws.send_raw(0x80 | 0x40 | op::TEXT, b"hi").await
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -102,7 +126,10 @@ async fn an_unknown_opcode_is_a_protocol_error() {
 
 #[tokio::test]
 async fn a_continuation_without_a_start_is_a_protocol_error() {
-    expect_close(1002, async |ws| ws.send_frame(true, op::CONTINUATION, b"hi").await).await;
+    expect_close(1002, async |ws| {
+        ws.send_frame(true, op::CONTINUATION, b"hi").await
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -112,7 +139,10 @@ async fn a_fragmented_ping_is_a_protocol_error() {
 
 #[tokio::test]
 async fn a_bad_close_code_is_a_protocol_error() {
-    expect_close(1002, async |ws| ws.send_frame(true, op::CLOSE, &1005u16.to_be_bytes()).await).await;
+    expect_close(1002, async |ws| {
+        ws.send_frame(true, op::CLOSE, &1005u16.to_be_bytes()).await
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -122,10 +152,18 @@ async fn fragmented_text_with_an_interleaved_ping_is_reassembled() {
     let mut raw = RawWs::connect(server.addr, "/ws/raw").await;
     raw.send_frame(false, op::TEXT, "Прив".as_bytes()).await;
     raw.send_frame(true, op::PING, b"p").await;
-    raw.send_frame(true, op::CONTINUATION, "іт".as_bytes()).await;
-    assert_eq!(raw.read_frame().await, Some((0xA, b"p".to_vec())), "pong first");
+    raw.send_frame(true, op::CONTINUATION, "іт".as_bytes())
+        .await;
+    assert_eq!(
+        raw.read_frame().await,
+        Some((0xA, b"p".to_vec())),
+        "pong first"
+    );
     let (opcode, echo) = raw.read_frame().await.unwrap();
-    assert_eq!((opcode, String::from_utf8(echo).unwrap()), (op::TEXT, "You said: Привіт".to_owned()));
+    assert_eq!(
+        (opcode, String::from_utf8(echo).unwrap()),
+        (op::TEXT, "You said: Привіт".to_owned())
+    );
     assert_eq!(next_text(&mut other).await, "New message: Привіт");
 }
 
@@ -144,8 +182,13 @@ async fn a_client_close_is_echoed_with_its_code() {
 async fn pings_are_answered_with_pongs() {
     let server = server().await;
     let mut ws = connect(server.addr, "/ws").await;
-    futures_util::SinkExt::send(&mut ws, Message::Ping(b"hello?".to_vec().into())).await.unwrap();
-    assert_eq!(next_message(&mut ws).await, Message::Pong(b"hello?".to_vec().into()));
+    futures_util::SinkExt::send(&mut ws, Message::Ping(b"hello?".to_vec().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut ws).await,
+        Message::Pong(b"hello?".to_vec().into())
+    );
 }
 
 #[tokio::test]
@@ -162,7 +205,10 @@ async fn garbage_instead_of_a_handshake_gets_an_http_error() {
     let server = server().await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(b"\x16\x03\x01garbage\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"\x16\x03\x01garbage\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer);
@@ -206,6 +252,12 @@ async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
     if let Some(code) = slow.close_code().await {
         assert_eq!(code, 4008);
     }
-    http(server.addr, Method::POST, "/broadcast", r#"{"message":"after"}"#).await;
+    http(
+        server.addr,
+        Method::POST,
+        "/broadcast",
+        r#"{"message":"after"}"#,
+    )
+    .await;
     assert_eq!(next_text(&mut fast).await, "after");
 }

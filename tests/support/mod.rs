@@ -41,12 +41,20 @@ impl TestServer {
             rx.recv().await.map(|()| ((), rx))
         }));
         let handle = tokio::spawn(server::run(listener, config, stream));
-        TestServer { addr, signals, handle }
+        TestServer {
+            addr,
+            signals,
+            handle,
+        }
     }
 
     /// A server with the periodic notifier off, so tests see only their own traffic.
     pub async fn quiet() -> Self {
-        Self::start(Config { notification_interval: Duration::ZERO, ..Config::default() }).await
+        Self::start(Config {
+            notification_interval: Duration::ZERO,
+            ..Config::default()
+        })
+        .await
     }
 
     /// Delivers one shutdown signal (the first drains, the second forces).
@@ -108,7 +116,10 @@ pub async fn next_message(ws: &mut Ws) -> Message {
 /// Reads until the server's close frame and returns it.
 pub async fn close_frame(ws: &mut Ws) -> Option<CloseFrame> {
     loop {
-        match tokio::time::timeout(PATIENCE, ws.next()).await.expect("timed out waiting for close") {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("timed out waiting for close")
+        {
             Some(Ok(Message::Close(frame))) => return frame,
             Some(Ok(_)) => continue,
             Some(Err(err)) => panic!("error before close frame: {err}"),
@@ -148,20 +159,38 @@ pub async fn http(addr: SocketAddr, method: Method, path: &str, body: &str) -> R
 }
 
 /// Like [`http`], with extra headers.
-pub async fn http_with(addr: SocketAddr, method: Method, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+pub async fn http_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
     let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-    let res = tokio::time::timeout(PATIENCE, sender.send_request(req)).await.expect("HTTP timeout").unwrap();
+    let res = tokio::time::timeout(PATIENCE, sender.send_request(req))
+        .await
+        .expect("HTTP timeout")
+        .unwrap();
     let status = res.status();
     let headers = res.headers().clone();
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 /// A client that writes raw frames, for input a well-behaved library refuses to send.
@@ -188,7 +217,10 @@ impl RawWs {
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
         stream.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = RawWs { stream, buf: Vec::new() };
+        let mut raw = RawWs {
+            stream,
+            buf: Vec::new(),
+        };
         let head_end = loop {
             if let Some(pos) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break pos + 4;
@@ -196,10 +228,16 @@ impl RawWs {
             raw.fill().await;
         };
         let head = String::from_utf8_lossy(&raw.buf[..head_end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101"), "handshake refused: {head}");
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "handshake refused: {head}"
+        );
         raw.buf.drain(..head_end);
         let (opcode, payload) = raw.read_frame().await.expect("greeting");
-        assert_eq!((opcode, payload.as_slice()), (op::TEXT, "🟢 Connected to server".as_bytes()));
+        assert_eq!(
+            (opcode, payload.as_slice()),
+            (op::TEXT, "🟢 Connected to server".as_bytes())
+        );
         raw
     }
 
@@ -247,13 +285,13 @@ impl RawWs {
     /// Reads one server frame: `(opcode, payload)`, or `None` at EOF.
     pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
-            if let Some((len, header)) = parse_len(&self.buf) {
-                if self.buf.len() >= header + len {
-                    let opcode = self.buf[0] & 0x0f;
-                    let payload = self.buf[header..header + len].to_vec();
-                    self.buf.drain(..header + len);
-                    return Some((opcode, payload));
-                }
+            if let Some((len, header)) = parse_len(&self.buf)
+                && self.buf.len() >= header + len
+            {
+                let opcode = self.buf[0] & 0x0f;
+                let payload = self.buf[header..header + len].to_vec();
+                self.buf.drain(..header + len);
+                return Some((opcode, payload));
             }
             if self.fill().await == 0 {
                 return None;
@@ -278,7 +316,10 @@ fn parse_len(buf: &[u8]) -> Option<(usize, usize)> {
     }
     match buf[1] & 0x7f {
         126 if buf.len() >= 4 => Some((u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)),
-        127 if buf.len() >= 10 => Some((u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10)),
+        127 if buf.len() >= 10 => Some((
+            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            10,
+        )),
         126 | 127 => None,
         n => Some((n as usize, 2)),
     }
@@ -292,7 +333,10 @@ pub async fn wait_for_metric(addr: SocketAddr, line: &str) -> String {
         if text.lines().any(|l| l == line) {
             return text;
         }
-        assert!(tokio::time::Instant::now() < deadline, "metric `{line}` never appeared:\n{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metric `{line}` never appeared:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -301,11 +345,15 @@ pub async fn wait_for_metric(addr: SocketAddr, line: &str) -> String {
 pub async fn wait_for_connections(addr: SocketAddr, n: u64) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let now = http(addr, Method::GET, "/connections", "").await.json()["active_connections"].as_u64();
+        let now =
+            http(addr, Method::GET, "/connections", "").await.json()["active_connections"].as_u64();
         if now == Some(n) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "active_connections stayed {now:?}, wanted {n}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "active_connections stayed {now:?}, wanted {n}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,46 @@
+//! In-process fan-out: one pre-encoded frame queued for N connections, and
+//! every queue drained again inside the timed part, so the figure is the
+//! whole cost a broadcast puts on the server short of the socket writes.
+
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use wsnotify::hub::Hub;
+use wsnotify::metrics::Metrics;
+use wsnotify::protocol::text_frame;
+
+fn fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hub_fanout");
+    for subscribers in [1_000usize, 10_000] {
+        for payload in [64usize, 1024] {
+            let hub = Arc::new(Hub::new(1024, Arc::new(Metrics::new())));
+            let regs: Vec<_> = (0..subscribers)
+                .map(|i| hub.register(format!("user-{i}").into()))
+                .collect();
+            let frame = text_frame(&"x".repeat(payload));
+            let mut sink: VecDeque<Bytes> = VecDeque::with_capacity(4);
+            group.throughput(Throughput::Elements(subscribers as u64));
+            let id = BenchmarkId::new(
+                format!("payload_{payload}B"),
+                format!("{subscribers}_subscribers"),
+            );
+            group.bench_function(id, |b| {
+                b.iter(|| {
+                    let fanout = hub.broadcast(black_box(&frame), None);
+                    for reg in &regs {
+                        reg.outbox().drain_into(&mut sink);
+                        sink.clear();
+                    }
+                    fanout
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);

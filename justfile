@@ -1,0 +1,35 @@
+# wsnotify tasks. `just` lists them; `just test` is what CI runs.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Run the server with the embedded broker on 127.0.0.1:8050 (flags pass through).
+run *ARGS:
+    cargo run --release --bin wsnotify -- {{ARGS}}
+
+# Every test: unit, protocol, integration (in-process and the real binary).
+test:
+    cargo test --all-targets
+    cargo test --doc
+
+# Criterion micro-benchmarks (protocol, frames, hub fan-out).
+bench *ARGS:
+    cargo bench --bench hub --bench protocol {{ARGS}}
+
+# goose load scenarios against a running server.
+loadtest *ARGS:
+    cargo run --release --bin loadtest -- {{ARGS}}
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Fail if the code is not formatted.
+fmt-check:
+    cargo fmt --all -- --check
+
+# Clippy on every target with warnings denied.
+lint:
+    cargo clippy --all-targets -- -D warnings
