@@ -4,14 +4,19 @@
 //! Connections live in [`SHARDS`] independently locked maps, so connects,
 //! disconnects and concurrent broadcasts on different shards never wait for
 //! each other, and a broadcast holds each shard's read lock only while it
-//! pushes into that shard's outboxes (pushes never await).
+//! pushes into that shard's outboxes (pushes never await). A second sharded
+//! index by user makes a per-user notification cost its recipients, not the
+//! whole registry, and tells the broker when a user's first connection
+//! arrives and its last one leaves (to subscribe to `notifications:{user}`).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Push};
@@ -31,10 +36,22 @@ struct Conn {
     outbox: Arc<Outbox>,
 }
 
+/// A user's first local connection arrived, or their last one left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    Joined(Arc<str>),
+    Left(Arc<str>),
+}
+
 /// The registry of local connections.
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[RwLock<HashMap<ConnId, Conn>>]>,
+    /// The same connections by user, sharded by a hash of the user id.
+    users: Box<[RwLock<HashMap<Arc<str>, Vec<(ConnId, Arc<Outbox>)>>>]>,
+    user_hasher: RandomState,
+    /// Told about [`Membership`] changes (the Redis broker); `None` in memory mode.
+    watcher: Option<mpsc::UnboundedSender<Membership>>,
     /// Registered connections; kept beside the shards so `/connections` is
     /// one atomic load instead of 64 locks.
     count: AtomicUsize,
@@ -82,9 +99,11 @@ impl Drop for Registration {
 impl Hub {
     /// An empty hub whose connections queue at most `queue_bound` frames.
     pub fn new(queue_bound: usize, metrics: Arc<Metrics>) -> Self {
-        let shards = (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect();
         Hub {
-            shards,
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            users: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            user_hasher: RandomState::new(),
+            watcher: None,
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             queue_bound,
@@ -97,10 +116,11 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(self.queue_bound));
         let conn = Conn {
-            user,
+            user: user.clone(),
             outbox: outbox.clone(),
         };
         write(&self.shards[shard(id)]).insert(id, conn);
+        self.add_to_user(user, id, outbox.clone());
         let now = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.connection_opened(now);
         Registration {
@@ -110,11 +130,61 @@ impl Hub {
         }
     }
 
+    /// A hub that reports [`Membership`] changes to `watcher`.
+    pub fn with_watcher(mut self, watcher: mpsc::UnboundedSender<Membership>) -> Self {
+        self.watcher = Some(watcher);
+        self
+    }
+
     fn remove(&self, id: ConnId) {
-        if write(&self.shards[shard(id)]).remove(&id).is_some() {
-            let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
-            self.metrics.connection_closed(now);
+        let Some(conn) = write(&self.shards[shard(id)]).remove(&id) else {
+            return;
+        };
+        self.remove_from_user(conn.user, id);
+        let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.metrics.connection_closed(now);
+    }
+
+    fn user_shard(&self, user: &str) -> &RwLock<HashMap<Arc<str>, Vec<(ConnId, Arc<Outbox>)>>> {
+        &self.users[self.user_hasher.hash_one(user) as usize % SHARDS]
+    }
+
+    // The watcher is told while the user's shard is locked, so a Joined and
+    // the Left that follows it can never be reported in the wrong order.
+    fn add_to_user(&self, user: Arc<str>, id: ConnId, outbox: Arc<Outbox>) {
+        let mut users = write(self.user_shard(&user));
+        let conns = users.entry(user.clone()).or_default();
+        conns.push((id, outbox));
+        if conns.len() == 1 {
+            self.tell(Membership::Joined(user));
         }
+    }
+
+    fn remove_from_user(&self, user: Arc<str>, id: ConnId) {
+        let mut users = write(self.user_shard(&user));
+        let Some(conns) = users.get_mut(&user) else {
+            return;
+        };
+        conns.retain(|(conn, _)| *conn != id);
+        if conns.is_empty() {
+            users.remove(&user);
+            self.tell(Membership::Left(user));
+        }
+    }
+
+    fn tell(&self, change: Membership) {
+        if let Some(watcher) = &self.watcher {
+            // Closed only when the broker has stopped, at exit: nothing to tell.
+            let _ = watcher.send(change);
+        }
+    }
+
+    /// Every user with at least one local connection.
+    pub fn users(&self) -> Vec<Arc<str>> {
+        self.users
+            .iter()
+            .flat_map(|shard| read(shard).keys().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Connections registered right now.
@@ -134,7 +204,15 @@ impl Hub {
 
     /// Queues `frame` for every connection of `user`.
     pub fn send_to_user(&self, user: &str, frame: &Bytes) -> Fanout {
-        self.fan_out(frame, |_, conn| &*conn.user == user)
+        let started = Instant::now();
+        let mut fanout = Fanout::default();
+        if let Some(conns) = read(self.user_shard(user)).get(user) {
+            for (id, outbox) in conns {
+                fanout.record(outbox.push(frame.clone()), *id, user);
+            }
+        }
+        self.metrics.fanout(started.elapsed(), fanout.overflowed);
+        fanout
     }
 
     fn fan_out(&self, frame: &Bytes, wanted: impl Fn(ConnId, &Conn) -> bool) -> Fanout {
@@ -143,18 +221,28 @@ impl Hub {
         for shard in self.shards.iter() {
             let conns = read(shard);
             for (&id, conn) in conns.iter().filter(|(id, conn)| wanted(**id, conn)) {
-                match conn.outbox.push(frame.clone()) {
-                    Push::Queued => fanout.queued += 1,
-                    Push::Overflowed => {
-                        fanout.overflowed += 1;
-                        tracing::warn!(conn = id, user = %conn.user, "slow consumer: outbound queue full, disconnecting");
-                    }
-                    Push::Closed => {}
-                }
+                fanout.record(conn.outbox.push(frame.clone()), id, &conn.user);
             }
         }
         self.metrics.fanout(started.elapsed(), fanout.overflowed);
         fanout
+    }
+}
+
+impl Fanout {
+    fn record(&mut self, push: Push, id: ConnId, user: &str) {
+        match push {
+            Push::Queued => self.queued += 1,
+            Push::Overflowed => {
+                self.overflowed += 1;
+                tracing::warn!(
+                    conn = id,
+                    user,
+                    "slow consumer: outbound queue full, disconnecting"
+                );
+            }
+            Push::Closed => {}
+        }
     }
 }
 
@@ -223,6 +311,30 @@ mod tests {
         assert_eq!(hub.len(), 1);
         drop(b);
         assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn the_watcher_hears_first_joins_and_last_leaves() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub::new(4, Arc::new(Metrics::new())).with_watcher(tx));
+        let a1 = hub.register("a".into());
+        let a2 = hub.register("a".into());
+        let b = hub.register("b".into());
+        assert_eq!(hub.users().len(), 2);
+        drop(a1);
+        drop(b);
+        drop(a2);
+        let heard: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(
+            heard,
+            [
+                Membership::Joined("a".into()),
+                Membership::Joined("b".into()),
+                Membership::Left("b".into()),
+                Membership::Left("a".into()),
+            ]
+        );
+        assert!(hub.users().is_empty());
     }
 
     #[test]
