@@ -1,11 +1,12 @@
-//! The shared state of one running server: configuration, the hub, metrics,
-//! the shutdown handles and the frames every client gets. One `Arc<App>` is
-//! handed to each HTTP connection and each WebSocket session.
+//! The shared state of one running server: configuration, the hub, the
+//! broker, metrics, the shutdown handles and the frames every client gets.
+//! One `Arc<App>` is handed to each HTTP connection and each session.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::broker::{Broker, RedisError};
 use crate::config::Config;
 use crate::hub::{ConnId, Fanout, Hub};
 use crate::metrics::Metrics;
@@ -17,6 +18,7 @@ use crate::shutdown::Shutdown;
 pub struct App {
     pub config: Config,
     pub hub: Arc<Hub>,
+    pub broker: Broker,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     /// `🟢 Connected to server`, encoded once for every client.
@@ -26,22 +28,24 @@ pub struct App {
 }
 
 impl App {
-    /// The state of a server configured by `config`.
-    pub fn new(config: Config) -> Arc<Self> {
+    /// The state of a server configured by `config`; in Redis mode this
+    /// starts the broker's background connection. Must run inside a runtime.
+    pub fn new(config: Config) -> Result<Arc<Self>, RedisError> {
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(config.outbound_queue, metrics.clone()));
-        Arc::new(App {
+        let (broker, hub) = Broker::start(&config, metrics.clone())?;
+        Ok(Arc::new(App {
             config,
             hub,
+            broker,
             metrics,
             shutdown: Shutdown::new(),
             connected_frame: protocol::text_frame(protocol::CONNECTED),
             shutdown_frame: protocol::text_frame(protocol::SHUTDOWN_NOTICE),
-        })
+        }))
     }
 
-    /// Sends `text` to every client but `except`, encoding it once.
+    /// Sends `text` to every client of every instance but `except`.
     pub fn broadcast(&self, text: &str, except: Option<ConnId>) -> Fanout {
-        self.hub.broadcast(&protocol::text_frame(text), except)
+        self.broker.broadcast(text, except)
     }
 }

@@ -22,6 +22,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 /// Default per-connection outbound queue bound, in frames.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 
+/// Default longest wait for a Redis command or connection.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default period of the Redis link check and connection-count refresh.
+pub const DEFAULT_REDIS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Largest accepted `MAX_MESSAGE_SIZE`: 16 MiB. Beyond that one client could
 /// make the server hold too much memory for a single frame.
 const MAX_MESSAGE_SIZE_CAP: usize = 16 * 1024 * 1024;
@@ -71,6 +76,24 @@ pub struct Config {
     /// with close code 4008 (1 ..= 1048576). Default: 1024.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE, value_parser = queue_bound)]
     pub outbound_queue: usize,
+
+    /// Redis URL (`redis://[:password@]host[:port][/db]`). Unset: the
+    /// embedded in-memory broker, one process, nothing else needed. Set:
+    /// instances sharing this Redis deliver each other's messages.
+    /// Default: unset.
+    #[arg(long, env = "REDIS_URL", value_parser = redis_url)]
+    pub redis_url: Option<String>,
+
+    /// Seconds any Redis command or connection attempt may take before
+    /// Redis counts as unreachable. Must be > 0. Default: 1.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "1", value_parser = positive_secs)]
+    pub redis_timeout: Duration,
+
+    /// Seconds between Redis link checks and refreshes of this instance's
+    /// connection count; a killed instance leaves the cluster total within
+    /// two periods. Must be > 0. Default: 5.
+    #[arg(long, env = "REDIS_REFRESH_INTERVAL", default_value = "5", value_parser = positive_secs)]
+    pub redis_refresh_interval: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +106,9 @@ impl Default for Config {
             notification_interval: DEFAULT_NOTIFICATION_INTERVAL,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            redis_url: None,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            redis_refresh_interval: DEFAULT_REDIS_REFRESH_INTERVAL,
         }
     }
 }
@@ -134,6 +160,12 @@ fn bounded(value: &str, max: usize, unit: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+fn redis_url(value: &str) -> Result<String, String> {
+    redis::Client::open(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| format!("`{value}` is not a Redis URL: {e}"))
+}
+
 fn message_size(value: &str) -> Result<usize, String> {
     bounded(value, MAX_MESSAGE_SIZE_CAP, "bytes")
 }
@@ -161,6 +193,12 @@ mod tests {
         assert_eq!(parsed.notification_interval, default.notification_interval);
         assert_eq!(parsed.max_message_size, 65536);
         assert_eq!(parsed.outbound_queue, default.outbound_queue);
+        assert_eq!(parsed.redis_url, None);
+        assert_eq!(parsed.redis_timeout, default.redis_timeout);
+        assert_eq!(
+            parsed.redis_refresh_interval,
+            default.redis_refresh_interval
+        );
     }
 
     #[test]
@@ -181,6 +219,8 @@ mod tests {
             (&["--max-message-size", "0"], "between 1 and"),
             (&["--max-message-size", "99999999999"], "between 1 and"),
             (&["--outbound-queue", "many"], "whole number"),
+            (&["--redis-url", "http://nope"], "not a Redis URL"),
+            (&["--redis-timeout", "0"], "greater than 0"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -35,10 +35,17 @@ enum Route<'a> {
     Page,
     Ws(Option<&'a str>),
     Broadcast,
+    Notify(&'a str),
     Connections,
     Health,
     Ready,
     Metrics,
+}
+
+/// The one non-empty path segment after `prefix`.
+fn segment<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    path.strip_prefix(prefix)
+        .filter(|rest| !rest.is_empty() && !rest.contains('/'))
 }
 
 impl<'a> Route<'a> {
@@ -51,23 +58,28 @@ impl<'a> Route<'a> {
             "/health" => Route::Health,
             "/ready" => Route::Ready,
             "/metrics" => Route::Metrics,
-            _ => match path.strip_prefix("/ws/") {
-                Some(id) if !id.is_empty() && !id.contains('/') => Route::Ws(Some(id)),
-                _ => return None,
-            },
+            _ => {
+                if let Some(id) = segment(path, "/ws/") {
+                    Route::Ws(Some(id))
+                } else if let Some(user) = segment(path, "/notify/") {
+                    Route::Notify(user)
+                } else {
+                    return None;
+                }
+            }
         })
     }
 
     fn method(&self) -> Method {
         match self {
-            Route::Broadcast => Method::POST,
+            Route::Broadcast | Route::Notify(_) => Method::POST,
             _ => Method::GET,
         }
     }
 
     fn allow(&self) -> &'static str {
         match self {
-            Route::Broadcast => "POST",
+            Route::Broadcast | Route::Notify(_) => "POST",
             _ => "GET",
         }
     }
@@ -95,7 +107,14 @@ where
             upgrade::websocket(&app, req, client_id)
         }
         Route::Broadcast => broadcast(&app, req).await,
-        Route::Connections => json_ok(json!({ "active_connections": app.hub.len() })),
+        Route::Notify(user) => {
+            let user = user.to_owned();
+            notify(&app, &user, req).await
+        }
+        Route::Connections => {
+            let active = app.broker.connections(&app.hub).await;
+            json_ok(json!({ "active_connections": active }))
+        }
         Route::Health => health(&app),
         Route::Ready => ready(&app),
         Route::Metrics => metrics(&app),
@@ -116,30 +135,73 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let body = match read_body(req, app.config.max_message_size).await {
-        Ok(body) => body,
-        Err(res) => return res,
-    };
+    match message(app, req).await {
+        Ok(text) => {
+            let fanout = app.broadcast(&text, None);
+            tracing::debug!(local_recipients = fanout.queued, "broadcast over HTTP");
+            json_ok(json!({ "status": "Message broadcasted" }))
+        }
+        Err(res) => res,
+    }
+}
+
+async fn notify<B>(app: &App, user: &str, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if user.len() > MAX_CLIENT_ID {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("user_id longer than {MAX_CLIENT_ID} bytes"),
+        );
+    }
+    match message(app, req).await {
+        Ok(text) => {
+            let notified = app.broker.notify(user, &text).await;
+            let mut body =
+                json!({ "status": "Notification sent", "instances": notified.instances });
+            if notified.degraded {
+                body["broker"] = json!("degraded: delivered to this instance's clients only");
+            }
+            json_ok(body)
+        }
+        Err(res) => res,
+    }
+}
+
+/// The non-empty `message` string of a `{"message": ...}` body, or the
+/// answer explaining what is wrong with the body.
+async fn message<B>(app: &App, req: Request<B>) -> Result<String, Response<ResponseBody>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let body = read_body(req, app.config.max_message_size).await?;
     let message = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(mut fields)) => fields.remove("message"),
         Ok(_) => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "expected a JSON object like {\"message\": \"...\"}",
-            );
+            ));
         }
-        Err(err) => return error(StatusCode::BAD_REQUEST, &format!("Invalid JSON: {err}")),
+        Err(err) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid JSON: {err}"),
+            ));
+        }
     };
     match message {
-        Some(Value::String(text)) if !text.is_empty() => {
-            let fanout = app.broadcast(&text, None);
-            tracing::debug!(recipients = fanout.queued, "broadcast over HTTP");
-            json_ok(json!({ "status": "Message broadcasted" }))
-        }
+        Some(Value::String(text)) if !text.is_empty() => Ok(text),
         None | Some(Value::Null) | Some(Value::String(_)) => {
-            error(StatusCode::BAD_REQUEST, "No message provided")
+            Err(error(StatusCode::BAD_REQUEST, "No message provided"))
         }
-        Some(_) => error(StatusCode::BAD_REQUEST, "\"message\" must be a string"),
+        Some(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "\"message\" must be a string",
+        )),
     }
 }
 
@@ -180,6 +242,7 @@ fn health(app: &App) -> Response<ResponseBody> {
         "active_connections": app.hub.len(),
         "shutdown_in_progress": app.shutdown.is_draining(),
         "timestamp": timestamp,
+        "broker": app.broker.status(),
     }))
 }
 
@@ -254,6 +317,8 @@ mod tests {
         assert_eq!(Route::parse("/ws/"), None);
         assert_eq!(Route::parse("/ws/a/b"), None);
         assert_eq!(Route::parse("/nope"), None);
+        assert_eq!(Route::parse("/notify/42"), Some(Route::Notify("42")));
+        assert_eq!(Route::parse("/notify/"), None);
     }
 
     #[tokio::test]
@@ -261,7 +326,8 @@ mod tests {
         let app = App::new(Config {
             max_message_size: 64,
             ..Config::default()
-        });
+        })
+        .unwrap();
         let post = Method::POST;
         assert_eq!(
             call(&app, post.clone(), "/broadcast", r#"{"message":"hi"}"#)
@@ -286,7 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_method_and_unknown_path() {
-        let app = App::new(Config::default());
+        let app = App::new(Config::default()).unwrap();
         assert_eq!(
             call(&app, Method::GET, "/broadcast", "").await.0,
             StatusCode::METHOD_NOT_ALLOWED

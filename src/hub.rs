@@ -36,6 +36,9 @@ struct Conn {
     outbox: Arc<Outbox>,
 }
 
+/// One shard of the user index: each user's local connections.
+type UserShard = HashMap<Arc<str>, Vec<(ConnId, Arc<Outbox>)>>;
+
 /// A user's first local connection arrived, or their last one left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
@@ -48,7 +51,7 @@ pub enum Membership {
 pub struct Hub {
     shards: Box<[RwLock<HashMap<ConnId, Conn>>]>,
     /// The same connections by user, sharded by a hash of the user id.
-    users: Box<[RwLock<HashMap<Arc<str>, Vec<(ConnId, Arc<Outbox>)>>>]>,
+    users: Box<[RwLock<UserShard>]>,
     user_hasher: RandomState,
     /// Told about [`Membership`] changes (the Redis broker); `None` in memory mode.
     watcher: Option<mpsc::UnboundedSender<Membership>>,
@@ -145,7 +148,7 @@ impl Hub {
         self.metrics.connection_closed(now);
     }
 
-    fn user_shard(&self, user: &str) -> &RwLock<HashMap<Arc<str>, Vec<(ConnId, Arc<Outbox>)>>> {
+    fn user_shard(&self, user: &str) -> &RwLock<UserShard> {
         &self.users[self.user_hasher.hash_one(user) as usize % SHARDS]
     }
 

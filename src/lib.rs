@@ -9,6 +9,8 @@
 //!   notifier, drain on the first signal.
 //! - [`http`]: the routes; [`upgrade`]: `GET /ws[/{client_id}]` → session.
 //! - [`session`]: one WebSocket's life in a single `select!`.
+//! - [`broker`]: in-memory (default) or Redis Pub/Sub fan-out across
+//!   instances, behind one enum.
 //! - [`hub`]: the sharded registry of local connections and their fan-out;
 //!   [`outbox`]: one connection's bounded queue.
 //! - [`protocol`]: texts, pre-encoded frames, close codes, fragment reassembly.
@@ -17,6 +19,7 @@
 //! - [`app`]: the shared state handed to handlers and sessions.
 
 pub mod app;
+pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -29,4 +32,5 @@ pub mod shutdown;
 pub mod upgrade;
 
 pub use config::Config;
+pub use server::ServerError;
 pub use shutdown::Outcome;

@@ -35,11 +35,15 @@ async fn start(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let addr = listener.local_addr()?;
     let signals = signals()?;
+    let broker = match &config.redis_url {
+        Some(url) => format!("Redis broker at {url}"),
+        None => "in-memory broker".to_owned(),
+    };
     tracing::info!(
         shutdown_timeout_s = config.shutdown_timeout.as_secs_f64(),
-        "wsnotify listening on http://{addr} (WebSocket: ws://{addr}/ws), in-memory broker"
+        "wsnotify listening on http://{addr} (WebSocket: ws://{addr}/ws), {broker}"
     );
-    let outcome = server::run(listener, config, signals).await;
+    let outcome = server::run(listener, config, signals).await?;
     tracing::info!(?outcome, "wsnotify stopped");
     Ok(())
 }

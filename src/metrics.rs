@@ -21,6 +21,9 @@ pub struct Metrics {
     slow_consumers: Counter,
     fanout_seconds: Histogram,
     shutdown: Gauge,
+    broker_up: Gauge,
+    broker_outages: Counter,
+    broker_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -42,6 +45,9 @@ impl Metrics {
             // 1 µs .. ~4 s: a fan-out to one client up to 10k+ slow ones.
             fanout_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
             shutdown: Gauge::default(),
+            broker_up: Gauge::default(),
+            broker_outages: Counter::default(),
+            broker_dropped: Counter::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -118,6 +124,21 @@ impl Metrics {
     /// The drain started.
     pub fn shutdown_started(&self) {
         self.shutdown.set(1);
+    }
+
+    /// The broker's link went up or down.
+    pub fn broker_up(&self, up: bool) {
+        self.broker_up.set(i64::from(up));
+    }
+
+    /// The Redis connection was lost.
+    pub fn broker_outage(&self) {
+        self.broker_outages.inc();
+    }
+
+    /// `n` broadcasts were not published to Redis.
+    pub fn broker_dropped(&self, n: usize) {
+        self.broker_dropped.inc_by(n as u64);
     }
 
     /// The Prometheus text exposition of every metric.

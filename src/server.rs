@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::broker::RedisError;
 use crate::config::Config;
 use crate::http;
 use crate::protocol;
@@ -29,10 +30,21 @@ const HTTP_GRACE: Duration = Duration::from_secs(1);
 /// trying again, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Broker(#[from] RedisError),
+}
+
 /// Serves `listener` until shut down. The first item of `signals` starts the
 /// graceful drain; a second one forces the close; a stream that ends without
 /// an item also starts the drain.
-pub async fn run<S>(listener: TcpListener, config: Config, signals: S) -> Outcome
+pub async fn run<S>(
+    listener: TcpListener,
+    config: Config,
+    signals: S,
+) -> Result<Outcome, ServerError>
 where
     S: Stream<Item = ()> + Send + Unpin,
 {
@@ -40,7 +52,7 @@ where
         timeout: config.shutdown_timeout,
         log_interval: config.shutdown_log_interval,
     };
-    let app = App::new(config);
+    let app = App::new(config)?;
     let stop = CancellationToken::new();
     let http_conns = TaskTracker::new();
     let acceptor = tokio::spawn(accept(
@@ -69,7 +81,8 @@ where
     {
         tracing::debug!("dropping HTTP connections still open at exit");
     }
-    outcome
+    app.broker.close().await;
+    Ok(outcome)
 }
 
 /// Accepts connections until `stop`; each is served by hyper in its own task.

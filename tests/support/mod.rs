@@ -28,7 +28,7 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 pub struct TestServer {
     pub addr: SocketAddr,
     signals: mpsc::UnboundedSender<()>,
-    handle: JoinHandle<Outcome>,
+    handle: JoinHandle<Result<Outcome, wsnotify::ServerError>>,
 }
 
 impl TestServer {
@@ -68,6 +68,7 @@ impl TestServer {
             .await
             .expect("server did not stop")
             .unwrap()
+            .expect("server failed")
     }
 
     pub fn url(&self, path: &str) -> String {

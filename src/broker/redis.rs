@@ -1,0 +1,587 @@
+//! The Redis broker: several instances share Redis Pub/Sub.
+//!
+//! Each instance holds two Redis connections, whatever its client count: one
+//! subscriber (`websocket:broadcast` plus `notifications:{user}` for each user
+//! it holds) and one multiplexed command connection (PUBLISH, the connection
+//! count). A supervisor task owns both: it connects, subscribes, watches the
+//! link with a ping every refresh period, and after a failure reconnects with
+//! capped exponential backoff and resubscribes from the hub's current users.
+//!
+//! Broadcasts are delivered to local clients first and published with this
+//! instance's id as `origin`; the echo from Redis is skipped, so each client
+//! receives a broadcast once, and local delivery never depends on Redis.
+//! Per-user notifications are published raw, exactly what any external
+//! publisher (`redis-cli PUBLISH notifications:42 …`) sends, and delivered
+//! from the subscription; while Redis is down they reach local clients only.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Client, Msg};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Notified;
+use crate::config::Config;
+use crate::hub::{ConnId, Fanout, Hub, Membership};
+use crate::metrics::Metrics;
+use crate::protocol;
+
+/// The channel every instance subscribes to for broadcasts (seed 000).
+pub const BROADCAST_CHANNEL: &str = "websocket:broadcast";
+/// Prefix of the per-user channels (seed 004): `notifications:{user_id}`.
+pub const NOTIFY_PREFIX: &str = "notifications:";
+/// Prefix of the per-instance connection-count keys.
+pub const COUNT_PREFIX: &str = "wsnotify:connections:";
+/// First reconnect delay after a failure; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest reconnect delay, so a restarted Redis is found within seconds.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Broadcasts waiting for the publisher task; beyond this, cross-instance
+/// copies are dropped (local clients already have theirs) and counted.
+const PUBLISH_QUEUE: usize = 8192;
+/// Broadcasts sent to Redis in one pipeline.
+const PUBLISH_BATCH: usize = 64;
+/// Channels per SUBSCRIBE command when resubscribing.
+const SUBSCRIBE_CHUNK: usize = 512;
+
+/// Errors the Redis broker reports at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("invalid REDIS_URL: {0}")]
+    Url(#[source] redis::RedisError),
+}
+
+/// The Redis broker's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    /// This instance's id: the `origin` of its broadcasts and its count key.
+    pub instance: String,
+    /// Longest wait for any Redis command or connection.
+    pub timeout: Duration,
+    /// Period of the link check and the count refresh; the count key lives
+    /// twice as long, so a killed instance leaves the total within two periods.
+    pub refresh: Duration,
+}
+
+impl Settings {
+    /// Settings for `url` from the server's configuration, with a fresh id.
+    pub fn from_config(config: &Config, url: &str) -> Self {
+        Settings {
+            url: url.to_owned(),
+            instance: uuid::Uuid::new_v4().to_string(),
+            timeout: config.redis_timeout,
+            refresh: config.redis_refresh_interval,
+        }
+    }
+
+    fn count_key(&self) -> String {
+        format!("{COUNT_PREFIX}{}", self.instance)
+    }
+}
+
+/// The JSON published on `websocket:broadcast`. `sender_id` and `message`
+/// are the seed's keys; `origin` lets an instance skip its own broadcasts.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    sender_id: Option<String>,
+    message: String,
+    #[serde(default)]
+    origin: Option<String>,
+}
+
+/// The broker's view of its link to Redis.
+#[derive(Debug, Default)]
+struct Health {
+    /// Outages since start (not counting an unreachable Redis at start-up).
+    outages: u64,
+    last_error: Option<String>,
+    /// When the current outage began, if Redis is down.
+    down_since: Option<Instant>,
+    /// Whether the current outage has been logged (each transition once).
+    announced: bool,
+}
+
+/// A live pair of connections to Redis.
+struct Link {
+    conn: MultiplexedConnection,
+    sink: PubSubSink,
+    stream: PubSubStream,
+    channels: usize,
+}
+
+/// The Redis broker of one instance.
+pub struct RedisBroker {
+    settings: Settings,
+    client: Client,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    /// Whether the link is up; read on every broadcast, so an atomic.
+    up: AtomicBool,
+    /// The command connection while up. Cloning a multiplexed connection is
+    /// cheap and shares one socket; the lock is held only to clone or swap.
+    conn: Mutex<Option<MultiplexedConnection>>,
+    health: Mutex<Health>,
+    /// Broadcast envelopes for the publisher task.
+    outgoing: mpsc::Sender<String>,
+    /// A command that failed asks the supervisor to check the link now.
+    suspect: Notify,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("instance", &self.settings.instance)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Starts the supervisor and publisher tasks. Fails only on a bad URL:
+    /// an unreachable Redis is a degraded start, retried in the background.
+    pub fn start(
+        settings: Settings,
+        hub: Arc<Hub>,
+        memberships: mpsc::UnboundedReceiver<Membership>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, RedisError> {
+        let client = Client::open(settings.url.as_str()).map_err(RedisError::Url)?;
+        let (outgoing, publish_queue) = mpsc::channel(PUBLISH_QUEUE);
+        metrics.broker_up(false);
+        let broker = Arc::new(RedisBroker {
+            settings,
+            client,
+            hub,
+            metrics,
+            up: AtomicBool::new(false),
+            conn: Mutex::new(None),
+            health: Mutex::new(Health {
+                down_since: Some(Instant::now()),
+                ..Health::default()
+            }),
+            outgoing,
+            suspect: Notify::new(),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        broker.tasks.spawn(broker.clone().supervise(memberships));
+        broker.tasks.spawn(broker.clone().publish(publish_queue));
+        Ok(broker)
+    }
+
+    /// Whether Redis is reachable right now.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Delivers locally, then queues the cross-instance publish.
+    pub fn broadcast(&self, text: &str, except: Option<ConnId>) -> Fanout {
+        let fanout = self.hub.broadcast(&protocol::text_frame(text), except);
+        if self.is_up() {
+            let envelope = Envelope {
+                sender_id: except.map(|id| format!("{}:{id}", self.settings.instance)),
+                message: text.to_owned(),
+                origin: Some(self.settings.instance.clone()),
+            };
+            let json = serde_json::to_string(&envelope).unwrap_or_default();
+            if self.outgoing.try_send(json).is_err() {
+                self.metrics.broker_dropped(1);
+            }
+        }
+        fanout
+    }
+
+    /// Publishes to `notifications:{user}`; while Redis is unreachable the
+    /// local connections of `user` are served directly.
+    pub async fn notify(&self, user: &str, text: &str) -> Notified {
+        if let Some(mut conn) = self.command_connection() {
+            let channel = format!("{NOTIFY_PREFIX}{user}");
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(&channel).arg(text);
+            match timeout(
+                self.settings.timeout,
+                publish.query_async::<usize>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(instances)) => {
+                    return Notified {
+                        instances,
+                        degraded: false,
+                    };
+                }
+                Ok(Err(err)) => tracing::debug!(%err, "PUBLISH failed; delivering locally"),
+                Err(_) => tracing::debug!("PUBLISH timed out; delivering locally"),
+            }
+            self.suspect.notify_one();
+        }
+        let fanout = self.hub.send_to_user(user, &protocol::text_frame(text));
+        Notified {
+            instances: usize::from(fanout.queued > 0),
+            degraded: true,
+        }
+    }
+
+    /// The cluster-wide connection count: every live instance's key, with
+    /// this instance's own figure taken live. Local only while Redis is down.
+    pub async fn connections(&self) -> usize {
+        let local = self.hub.len();
+        let Some(mut conn) = self.command_connection() else {
+            return local;
+        };
+        match timeout(self.settings.timeout, self.others(&mut conn)).await {
+            Ok(Ok(others)) => local + others,
+            _ => {
+                self.suspect.notify_one();
+                local
+            }
+        }
+    }
+
+    /// Sums the count keys of the other instances.
+    async fn others(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<usize> {
+        let own = self.settings.count_key();
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{COUNT_PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?;
+            keys.extend(batch.into_iter().filter(|k| *k != own));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let counts: Vec<Option<usize>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
+        Ok(counts.into_iter().flatten().sum())
+    }
+
+    /// The `broker` object of `/health`.
+    pub fn status(&self) -> Value {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        json!({
+            "kind": "redis",
+            "status": if self.is_up() { "ok" } else { "degraded" },
+            "instance": self.settings.instance,
+            "outages": health.outages,
+            "last_error": health.last_error,
+            "down_for_s": health.down_since.map(|t| t.elapsed().as_secs_f64()),
+        })
+    }
+
+    /// Stops both tasks; the supervisor deletes this instance's count key.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        if timeout(self.settings.timeout * 2, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("redis broker did not stop in time");
+        }
+    }
+
+    fn command_connection(&self) -> Option<MultiplexedConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Connect, serve, and after each failure back off and reconnect.
+    async fn supervise(self: Arc<Self>, mut memberships: mpsc::UnboundedReceiver<Membership>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let attempt = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                attempt = timeout(self.settings.timeout, self.connect()) => attempt,
+            };
+            let failure = match attempt {
+                Ok(Ok(link)) => {
+                    backoff = BACKOFF_MIN;
+                    self.went_up(&link);
+                    match self.serve(link, &mut memberships).await {
+                        Some(failure) => failure,
+                        None => return,
+                    }
+                }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {:?}", self.settings.timeout),
+            };
+            self.went_down(failure);
+            if !self.wait(backoff, &mut memberships).await {
+                return;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Sleeps `backoff`, dropping membership changes: the next connect
+    /// subscribes from the hub's users as they are then. `false` on stop.
+    async fn wait(
+        &self,
+        backoff: Duration,
+        memberships: &mut mpsc::UnboundedReceiver<Membership>,
+    ) -> bool {
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return false,
+                _ = &mut sleep => return true,
+                Some(_) = memberships.recv() => {}
+            }
+        }
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Link> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.settings.timeout))
+            .set_response_timeout(Some(self.settings.timeout));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+        let mut channels = vec![BROADCAST_CHANNEL.to_owned()];
+        channels.extend(
+            self.hub
+                .users()
+                .iter()
+                .map(|user| format!("{NOTIFY_PREFIX}{user}")),
+        );
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            sink.subscribe(chunk).await?;
+        }
+        self.refresh_count(&mut conn).await?;
+        Ok(Link {
+            conn,
+            sink,
+            stream,
+            channels: channels.len(),
+        })
+    }
+
+    /// Serves a live link until it fails (`Some(why)`) or the broker stops.
+    async fn serve(
+        &self,
+        link: Link,
+        memberships: &mut mpsc::UnboundedReceiver<Membership>,
+    ) -> Option<String> {
+        let Link {
+            mut conn,
+            mut sink,
+            mut stream,
+            ..
+        } = link;
+        let mut check = tokio::time::interval(self.settings.refresh);
+        check.tick().await; // the first tick is immediate; connect just checked
+        loop {
+            let result = tokio::select! {
+                _ = self.stop.cancelled() => {
+                    let mut del = redis::cmd("DEL");
+                    del.arg(self.settings.count_key());
+                    let _ = timeout(self.settings.timeout, del.query_async::<()>(&mut conn)).await;
+                    return None;
+                }
+                message = stream.next() => match message {
+                    Some(message) => {
+                        self.deliver(&message);
+                        Ok(())
+                    }
+                    None => return Some("the subscription connection closed".to_owned()),
+                },
+                Some(change) = memberships.recv() => self.follow(&mut sink, change).await,
+                _ = check.tick() => self.check(&mut sink, &mut conn).await,
+                _ = self.suspect.notified() => self.check(&mut sink, &mut conn).await,
+            };
+            if let Err(why) = result {
+                return Some(why);
+            }
+        }
+    }
+
+    /// Subscribes to a user's channel on their first local connection and
+    /// unsubscribes after their last.
+    async fn follow(&self, sink: &mut PubSubSink, change: Membership) -> Result<(), String> {
+        let command = async {
+            match change {
+                Membership::Joined(user) => sink.subscribe(format!("{NOTIFY_PREFIX}{user}")).await,
+                Membership::Left(user) => sink.unsubscribe(format!("{NOTIFY_PREFIX}{user}")).await,
+            }
+        };
+        match timeout(self.settings.timeout, command).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("SUBSCRIBE timed out".to_owned()),
+        }
+    }
+
+    /// Pings the subscriber (a paused Redis answers nothing) and refreshes
+    /// this instance's count key.
+    async fn check(
+        &self,
+        sink: &mut PubSubSink,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(), String> {
+        let both = async {
+            sink.ping::<redis::Value>().await?;
+            self.refresh_count(conn).await
+        };
+        match timeout(self.settings.timeout, both).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.settings.timeout)),
+        }
+    }
+
+    async fn refresh_count(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let ttl_ms = (self.settings.refresh * 2).as_millis().max(1) as u64;
+        redis::cmd("SET")
+            .arg(self.settings.count_key())
+            .arg(self.hub.len())
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(conn)
+            .await
+    }
+
+    /// Delivers one Pub/Sub message to the local clients it is for.
+    fn deliver(&self, message: &Msg) {
+        let payload = message.get_payload_bytes();
+        let channel = message.get_channel_name();
+        if channel == BROADCAST_CHANNEL {
+            let text = match serde_json::from_slice::<Envelope>(payload) {
+                Ok(envelope) if envelope.origin.as_deref() == Some(&self.settings.instance) => {
+                    return;
+                }
+                Ok(envelope) => envelope.message,
+                // Raw text (seed 000 accepts both).
+                Err(_) => String::from_utf8_lossy(payload).into_owned(),
+            };
+            self.hub.broadcast(&protocol::text_frame(&text), None);
+        } else if let Some(user) = channel.strip_prefix(NOTIFY_PREFIX) {
+            let text = String::from_utf8_lossy(payload);
+            self.hub.send_to_user(user, &protocol::text_frame(&text));
+        }
+    }
+
+    /// Sends queued broadcast envelopes, pipelined in batches.
+    async fn publish(self: Arc<Self>, mut queue: mpsc::Receiver<String>) {
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        loop {
+            let received = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                n = queue.recv_many(&mut batch, PUBLISH_BATCH) => n,
+            };
+            if received == 0 {
+                return;
+            }
+            let sent = match self.command_connection() {
+                Some(mut conn) => {
+                    let mut pipe = redis::pipe();
+                    for envelope in &batch {
+                        pipe.cmd("PUBLISH")
+                            .arg(BROADCAST_CHANNEL)
+                            .arg(envelope)
+                            .ignore();
+                    }
+                    matches!(
+                        timeout(self.settings.timeout, pipe.query_async::<()>(&mut conn)).await,
+                        Ok(Ok(()))
+                    )
+                }
+                None => false,
+            };
+            if !sent {
+                self.metrics.broker_dropped(batch.len());
+                self.suspect.notify_one();
+            }
+            batch.clear();
+        }
+    }
+
+    fn went_up(&self, link: &Link) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(link.conn.clone());
+        self.up.store(true, Ordering::Relaxed);
+        self.metrics.broker_up(true);
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match health.down_since.take() {
+            Some(since) if health.outages > 0 => tracing::info!(
+                channels = link.channels,
+                "redis connection restored after {:.1}s; resubscribed, cross-instance delivery resumed",
+                since.elapsed().as_secs_f64()
+            ),
+            _ => tracing::info!(
+                url = %self.settings.url,
+                instance = %self.settings.instance,
+                "connected to redis; cross-instance delivery on"
+            ),
+        }
+        health.announced = false;
+    }
+
+    fn went_down(&self, why: String) {
+        let was_up = self.up.swap(false, Ordering::Relaxed);
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.metrics.broker_up(false);
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if was_up {
+            health.outages += 1;
+            health.down_since = Some(Instant::now());
+            self.metrics.broker_outage();
+            tracing::warn!(
+                "redis connection lost ({why}): serving local clients only, /ready is 503, reconnecting with backoff"
+            );
+            health.announced = true;
+        } else if !health.announced {
+            tracing::warn!(
+                url = %self.settings.url,
+                "redis unreachable at start-up ({why}): starting in degraded mode, serving local clients only, retrying in the background"
+            );
+            health.announced = true;
+        } else {
+            tracing::debug!("redis still unreachable: {why}");
+        }
+        health.last_error = Some(why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_keep_the_seed_keys() {
+        let envelope = Envelope {
+            sender_id: Some("a".into()),
+            message: "hi".into(),
+            origin: Some("o".into()),
+        };
+        let json: Value = serde_json::to_value(&envelope).unwrap();
+        assert_eq!(
+            json,
+            json!({"sender_id": "a", "message": "hi", "origin": "o"})
+        );
+        let seed: Envelope = serde_json::from_str(r#"{"sender_id":"x","message":"m"}"#).unwrap();
+        assert_eq!((seed.message.as_str(), seed.origin), ("m", None));
+    }
+}
