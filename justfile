@@ -9,10 +9,21 @@ default:
 run *ARGS:
     cargo run --release --bin wsnotify -- {{ARGS}}
 
-# Every test: unit, protocol, integration (in-process and the real binary).
+# Every test: unit, protocol, integration (in-process, the real binary, Redis).
 test:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if docker info >/dev/null 2>&1; then
+        # Pull the configured Redis image, or build one from the local redis-server.
+        export WSNOTIFY_REDIS_IMAGE="$(bash scripts/redis-image.sh)"
+        echo "Redis tests use the container image $WSNOTIFY_REDIS_IMAGE"
+    fi
     cargo test --all-targets
     cargo test --doc
+
+# Print the Redis image for the tests, building it locally if it cannot be pulled.
+redis-image:
+    bash scripts/redis-image.sh
 
 # Criterion micro-benchmarks (protocol, frames, hub fan-out).
 bench *ARGS:

@@ -252,6 +252,11 @@ fn ready(app: &App) -> Response<ResponseBody> {
             StatusCode::SERVICE_UNAVAILABLE,
             json!({ "ready": false, "reason": "shutting down" }),
         )
+    } else if !app.broker.is_up() {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "reason": "broker degraded: Redis unreachable" }),
+        )
     } else {
         json_ok(json!({ "ready": true }))
     }

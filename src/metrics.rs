@@ -86,6 +86,22 @@ impl Metrics {
             "1 while draining after SIGINT/SIGTERM, else 0",
             m.shutdown.clone(),
         );
+        registry.register(
+            "broker_up",
+            "1 while the broker reaches every instance (always 1 in memory mode)",
+            m.broker_up.clone(),
+        );
+        registry.register(
+            "broker_outages",
+            "Times the Redis connection was lost",
+            m.broker_outages.clone(),
+        );
+        registry.register(
+            "broker_publish_dropped",
+            "Broadcasts not published to Redis (down or queue full); local clients still got them",
+            m.broker_dropped.clone(),
+        );
+        m.broker_up.set(1);
         Metrics {
             registry,
             ..metrics
@@ -168,6 +184,9 @@ mod tests {
             "wsnotify_slow_consumer_disconnects_total 1",
             "wsnotify_broadcast_fanout_seconds_count 1",
             "wsnotify_shutdown_in_progress 0",
+            "wsnotify_broker_up 1",
+            "wsnotify_broker_outages_total 0",
+            "wsnotify_broker_publish_dropped_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

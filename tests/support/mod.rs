@@ -4,6 +4,9 @@
 //! awaited.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -34,6 +37,13 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on 127.0.0.1:0 with `config`.
     pub async fn start(config: Config) -> Self {
+        // Server logs go to the test's captured output (shown on failure).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(filter)
+            .try_init();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (signals, rx) = mpsc::unbounded_channel();
