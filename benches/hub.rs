@@ -18,7 +18,7 @@ fn fanout(c: &mut Criterion) {
         for payload in [64usize, 1024] {
             let hub = Arc::new(Hub::new(1024, Arc::new(Metrics::new())));
             let regs: Vec<_> = (0..subscribers)
-                .map(|i| hub.register(format!("user-{i}").into()))
+                .map(|i| hub.register(format!("user-{i}").into(), None))
                 .collect();
             let frame = text_frame(&"x".repeat(payload));
             let mut sink: VecDeque<Bytes> = VecDeque::with_capacity(4);

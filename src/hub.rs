@@ -115,9 +115,15 @@ impl Hub {
     }
 
     /// Registers a connection of `user`.
-    pub fn register(self: &Arc<Self>, user: Arc<str>) -> Registration {
+    ///
+    /// `greeting` is queued before the connection becomes visible to any
+    /// fan-out, so it is always the first frame the client receives.
+    pub fn register(self: &Arc<Self>, user: Arc<str>, greeting: Option<Bytes>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(self.queue_bound));
+        if let Some(greeting) = greeting {
+            outbox.push(greeting);
+        }
         let conn = Conn {
             user: user.clone(),
             outbox: outbox.clone(),
@@ -283,7 +289,7 @@ mod tests {
     fn broadcast_skips_the_sender_and_shares_bytes() {
         let hub = hub(4);
         let regs: Vec<_> = (0..100)
-            .map(|i| hub.register(format!("u{i}").into()))
+            .map(|i| hub.register(format!("u{i}").into(), None))
             .collect();
         let frame = Bytes::from_static(b"frame");
         let fanout = hub.broadcast(&frame, Some(regs[0].id()));
@@ -304,10 +310,21 @@ mod tests {
     }
 
     #[test]
+    fn the_greeting_is_queued_before_any_broadcast_can_reach_the_connection() {
+        let hub = hub(4);
+        let reg = hub.register("a".into(), Some(Bytes::from_static(b"hello")));
+        hub.broadcast(&Bytes::from_static(b"news"), None);
+        assert_eq!(
+            drained(&reg),
+            [Bytes::from_static(b"hello"), Bytes::from_static(b"news")]
+        );
+    }
+
+    #[test]
     fn dropping_a_registration_unregisters() {
         let hub = hub(4);
-        let a = hub.register("a".into());
-        let b = hub.register("a".into());
+        let a = hub.register("a".into(), None);
+        let b = hub.register("a".into(), None);
         assert_eq!(hub.len(), 2);
         assert_eq!(hub.send_to_user("a", &Bytes::from_static(b"x")).queued, 2);
         drop(a);
@@ -320,9 +337,9 @@ mod tests {
     fn the_watcher_hears_first_joins_and_last_leaves() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::new(4, Arc::new(Metrics::new())).with_watcher(tx));
-        let a1 = hub.register("a".into());
-        let a2 = hub.register("a".into());
-        let b = hub.register("b".into());
+        let a1 = hub.register("a".into(), None);
+        let a2 = hub.register("a".into(), None);
+        let b = hub.register("b".into(), None);
         assert_eq!(hub.users().len(), 2);
         drop(a1);
         drop(b);
@@ -343,8 +360,8 @@ mod tests {
     #[test]
     fn a_full_queue_overflows_only_that_connection() {
         let hub = hub(1);
-        let slow = hub.register("slow".into());
-        let fast = hub.register("fast".into());
+        let slow = hub.register("slow".into(), None);
+        let fast = hub.register("fast".into(), None);
         hub.broadcast(&Bytes::from_static(b"1"), None);
         drained(&fast);
         let fanout = hub.broadcast(&Bytes::from_static(b"2"), None);

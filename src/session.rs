@@ -46,7 +46,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let registration = app.hub.register(user.clone());
+    let registration = app
+        .hub
+        .register(user.clone(), Some(app.connected_frame.clone()));
     tracing::debug!(conn = registration.id(), %user, active = app.hub.len(), "client connected");
     let (mut reader, _) = after_handshake_split(reader, tokio::io::sink(), Role::Server);
     // Pings and closes are answered here, through the outbox, so the reader
@@ -56,7 +58,6 @@ where
     reader.set_max_message_size(app.config.max_message_size.saturating_add(1));
     let mut inbound = pin!(frames(reader));
 
-    registration.outbox().push(app.connected_frame.clone());
     let mut pending = VecDeque::new();
     let ending = serve(
         &app,
