@@ -11,14 +11,15 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::io::IoSlice;
+use std::io::{Cursor, IoSlice};
 use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use fastwebsockets::{Role, WebSocketError, WebSocketRead, after_handshake_split};
 use futures_util::{Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Chain};
 use tokio::time::timeout;
 
 use crate::app::App;
@@ -50,13 +51,7 @@ where
         .hub
         .register(user.clone(), Some(app.connected_frame.clone()));
     tracing::debug!(conn = registration.id(), %user, active = app.hub.len(), "client connected");
-    let (mut reader, _) = after_handshake_split(reader, tokio::io::sink(), Role::Server);
-    // Pings and closes are answered here, through the outbox, so the reader
-    // never needs a writer; the size check allows exactly MAX_MESSAGE_SIZE.
-    reader.set_auto_pong(false);
-    reader.set_auto_close(false);
-    reader.set_max_message_size(app.config.max_message_size.saturating_add(1));
-    let mut inbound = pin!(frames(reader));
+    let mut inbound = pin!(frames(reader, app.config.max_message_size));
 
     let mut pending = VecDeque::new();
     let ending = serve(
@@ -251,19 +246,67 @@ async fn close<S, W>(
 /// The client's frames as a stream. The read in progress is stored in the
 /// stream, so dropping a `next()` future in `select!` loses nothing. The
 /// stream ends after the first error.
-fn frames<R>(reader: WebSocketRead<R>) -> impl Stream<Item = Result<Inbound, WebSocketError>>
+///
+/// fastwebsockets gives every reader an 8 KiB buffer. Most notification
+/// clients only listen, so the reader is built when the client's first byte
+/// arrives: an idle connection never holds that buffer.
+fn frames<R>(io: R, max_message_size: usize) -> impl Stream<Item = Result<Inbound, WebSocketError>>
 where
     R: AsyncRead + Unpin,
 {
-    futures_util::stream::unfold(Some(reader), |reader| async move {
-        let mut reader = reader?;
+    futures_util::stream::unfold(Reading::Idle(io), move |state| async move {
+        let mut reader = match state {
+            Reading::Idle(io) => reader(io, max_message_size).await?,
+            Reading::Active(reader) => reader,
+            Reading::Done => return None,
+        };
         // Never called: auto-pong and auto-close are off.
         let mut no_obligations = |_| async { Ok::<(), Infallible>(()) };
         let read = reader
             .read_frame(&mut no_obligations)
             .await
             .map(Inbound::from_frame);
-        let next = read.is_ok().then_some(reader);
+        let next = if read.is_ok() {
+            Reading::Active(reader)
+        } else {
+            Reading::Done
+        };
         Some((read, next))
     })
+}
+
+/// The state of [`frames`].
+enum Reading<R> {
+    /// Nothing received yet: no reader, no buffer.
+    Idle(R),
+    Active(WebSocketRead<Chain<Cursor<[u8; 1]>, R>>),
+    Done,
+}
+
+/// Waits for the client's first byte, then builds the reader around it.
+/// `None` when the client leaves (or fails) before sending anything.
+async fn reader<R>(
+    mut io: R,
+    max_message_size: usize,
+) -> Option<WebSocketRead<Chain<Cursor<[u8; 1]>, R>>>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut first = [0u8; 1];
+    match io.read(&mut first).await {
+        Ok(1) => {}
+        _ => return None,
+    }
+    let (mut reader, _) = after_handshake_split(
+        AsyncReadExt::chain(Cursor::new(first), io),
+        tokio::io::sink(),
+        Role::Server,
+    );
+    // Pings and closes are answered by the session through the outbox, so
+    // the reader never needs a writer; the size check allows exactly
+    // MAX_MESSAGE_SIZE.
+    reader.set_auto_pong(false);
+    reader.set_auto_close(false);
+    reader.set_max_message_size(max_message_size.saturating_add(1));
+    Some(reader)
 }
