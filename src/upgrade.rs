@@ -5,6 +5,7 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
@@ -73,7 +74,12 @@ async fn serve(app: Arc<App>, upgraded: Upgraded, user: Arc<str>) {
             let mut tcp = parts.io.into_inner();
             let (read, write) = tcp.split();
             // Bytes the client sent right behind its handshake come first.
-            let read = Cursor::new(parts.read_buf).chain(read);
+            // `read_buf` is a view into hyper's connection buffer (8 KiB or
+            // more); keeping it would pin that buffer for the connection's
+            // life, so the few bytes in it, if any, are copied out.
+            let early = Bytes::copy_from_slice(&parts.read_buf);
+            drop(parts.read_buf);
+            let read = Cursor::new(early).chain(read);
             session::run(app, read, write, user).await
         }
         Err(upgraded) => {
