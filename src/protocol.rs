@@ -144,6 +144,9 @@ pub fn parse_client_close(payload: &[u8]) -> Result<u16, Close> {
     }
 }
 
+/// Largest payload of a control frame (ping, pong, close), RFC 6455 §5.5.
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
 /// One data frame as read from the client, detached from the reader's buffer.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -202,8 +205,14 @@ impl Assembler {
 
     /// Classifies one frame, appending fragments to the message in progress.
     pub fn push(&mut self, frame: Inbound) -> Event {
+        let control = matches!(frame.opcode, OpCode::Ping | OpCode::Pong | OpCode::Close);
+        if control && frame.payload.len() > MAX_CONTROL_PAYLOAD {
+            // RFC 6455 §5.5; fastwebsockets checks only pings.
+            return Event::Violation(Close::Protocol);
+        }
         match frame.opcode {
             OpCode::Text if self.partial.is_some() => Event::Violation(Close::Protocol),
+            OpCode::Text if frame.payload.len() > self.max_size => Event::Violation(Close::TooBig),
             OpCode::Text if frame.fin => text_event(&frame.payload),
             OpCode::Text => {
                 self.partial = Some(BytesMut::from(&frame.payload[..]));
@@ -330,6 +339,24 @@ mod tests {
         assert_eq!(
             b.push(frame(true, OpCode::Continuation, b"de")),
             Event::Violation(Close::TooBig)
+        );
+        let mut c = Assembler::new(4);
+        assert_eq!(
+            c.push(frame(true, OpCode::Text, b"12345")),
+            Event::Violation(Close::TooBig)
+        );
+        assert_eq!(
+            c.push(frame(false, OpCode::Text, b"12345")),
+            Event::Violation(Close::TooBig)
+        );
+        let big = [b'p'; 126];
+        assert_eq!(
+            c.push(frame(true, OpCode::Pong, &big)),
+            Event::Violation(Close::Protocol)
+        );
+        assert_eq!(
+            c.push(frame(true, OpCode::Close, &big)),
+            Event::Violation(Close::Protocol)
         );
     }
 

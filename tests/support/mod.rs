@@ -368,3 +368,9 @@ pub async fn wait_for_connections(addr: SocketAddr, n: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Half-closes a raw client's TCP connection: the server reads EOF after the
+/// bytes already sent, and the client can still read everything it answers.
+pub async fn shutdown_write(raw: &mut RawWs) {
+    let _ = raw.stream.shutdown().await;
+}
