@@ -27,6 +27,11 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default period of the Redis link check and connection-count refresh.
 pub const DEFAULT_REDIS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Default period of WebSocket pings to clients.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(25);
+/// Default silence after which a client is closed with 4000.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(70);
+
 /// Largest accepted `MAX_MESSAGE_SIZE`: 16 MiB. Beyond that one client could
 /// make the server hold too much memory for a single frame.
 const MAX_MESSAGE_SIZE_CAP: usize = 16 * 1024 * 1024;
@@ -94,6 +99,44 @@ pub struct Config {
     /// two periods. Must be > 0. Default: 5.
     #[arg(long, env = "REDIS_REFRESH_INTERVAL", default_value = "5", value_parser = positive_secs)]
     pub redis_refresh_interval: Duration,
+
+    /// Seconds between WebSocket ping frames to every client; 0 disables.
+    /// Default: 25.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "25", value_parser = non_negative_secs)]
+    pub heartbeat_interval: Duration,
+
+    /// Seconds a client may send no frame at all (pongs count) before it is
+    /// closed with 4000; 0 disables. Default: 70.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "70", value_parser = non_negative_secs)]
+    pub idle_timeout: Duration,
+
+    /// Secret (HS*) that client JWTs must be signed with. Unset (and no
+    /// JWT_PUBLIC_KEY_FILE): no authentication, the server runs open.
+    /// Default: unset.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// JWT algorithm: HS256, HS384, HS512 (with JWT_SECRET), RS256 or ES256
+    /// (with JWT_PUBLIC_KEY_FILE). Default: HS256.
+    #[arg(long, env = "JWT_ALG", default_value = "HS256",
+          value_parser = ["HS256", "HS384", "HS512", "RS256", "ES256"])]
+    pub jwt_alg: String,
+
+    /// PEM public key file for RS256/ES256 tokens. Default: unset.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Comma list of origins (`scheme://host[:port]`) allowed to open
+    /// WebSockets; others get 403. Unset: any origin (with a warning).
+    /// Default: unset.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Key that `POST /broadcast`, `/notify/…` and `/rooms/…/publish` must
+    /// carry as `Authorization: Bearer <API_KEY>`. Unset: publishing is open.
+    /// Default: unset.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 impl Default for Config {
@@ -109,6 +152,13 @@ impl Default for Config {
             redis_url: None,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             redis_refresh_interval: DEFAULT_REDIS_REFRESH_INTERVAL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            jwt_secret: None,
+            jwt_alg: "HS256".to_owned(),
+            jwt_public_key_file: None,
+            allowed_origins: None,
+            api_key: None,
         }
     }
 }
@@ -198,6 +248,13 @@ mod tests {
         assert_eq!(
             parsed.redis_refresh_interval,
             default.redis_refresh_interval
+        );
+        assert_eq!(parsed.heartbeat_interval, Duration::from_secs(25));
+        assert_eq!(parsed.idle_timeout, Duration::from_secs(70));
+        assert_eq!(parsed.jwt_alg, default.jwt_alg);
+        assert_eq!(
+            (parsed.jwt_secret, parsed.api_key, parsed.allowed_origins),
+            (None, None, None)
         );
     }
 

@@ -13,13 +13,14 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Push};
+use crate::protocol::Close;
 
 /// Number of registry shards. A power of two well above the core count keeps
 /// the chance that two threads want the same shard's write lock small.
@@ -61,6 +62,8 @@ pub struct Hub {
     next_id: AtomicU64,
     queue_bound: usize,
     metrics: Arc<Metrics>,
+    /// The clock of the outboxes' last-seen times.
+    epoch: Instant,
 }
 
 /// What a fan-out did.
@@ -111,6 +114,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             queue_bound,
             metrics,
+            epoch: Instant::now(),
         }
     }
 
@@ -121,6 +125,7 @@ impl Hub {
     pub fn register(self: &Arc<Self>, user: Arc<str>, greeting: Option<Bytes>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(self.queue_bound));
+        outbox.touch(self.now_ms());
         if let Some(greeting) = greeting {
             outbox.push(greeting);
         }
@@ -186,6 +191,26 @@ impl Hub {
             // Closed only when the broker has stopped, at exit: nothing to tell.
             let _ = watcher.send(change);
         }
+    }
+
+    /// Milliseconds on the hub's clock, for [`Outbox::touch`].
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Kills every connection that has sent nothing for `idle`; returns how
+    /// many. One sweep over the shards replaces a timer per connection.
+    pub fn sweep_idle(&self, idle: Duration) -> usize {
+        let cutoff = self.now_ms().saturating_sub(idle.as_millis() as u64);
+        let mut killed = 0;
+        for shard in self.shards.iter() {
+            for conn in read(shard).values() {
+                if conn.outbox.last_seen_ms() < cutoff && conn.outbox.kill(Close::IdleTimeout) {
+                    killed += 1;
+                }
+            }
+        }
+        killed
     }
 
     /// Every user with at least one local connection.
@@ -372,7 +397,7 @@ mod tests {
                 overflowed: 1
             }
         );
-        assert!(slow.outbox().overflowed());
+        assert_eq!(slow.outbox().killed_for(), Some(Close::SlowConsumer));
         assert_eq!(drained(&fast).len(), 1);
     }
 }

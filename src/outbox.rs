@@ -9,10 +9,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::protocol::Close;
 
 /// The result of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,16 +38,20 @@ pub struct Outbox {
     /// Wakes the session when the queue goes from empty to non-empty. A
     /// `Notify` keeps one permit, so a push before the session waits is not lost.
     ready: Notify,
-    /// Fired on overflow; the session's every await watches it, including a
-    /// write blocked on a client that stopped reading.
+    /// Fired on overflow or idleness; the session's every await watches it,
+    /// including a write blocked on a client that stopped reading.
     kill: CancellationToken,
     capacity: usize,
+    /// When the client last sent a frame, in ms on the hub's clock; read by
+    /// the idle sweep, written by the session without a lock.
+    last_seen_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Bytes>,
-    overflowed: bool,
+    /// Why the connection was killed, once it has been.
+    killed: Option<Close>,
     closed: bool,
 }
 
@@ -56,7 +63,33 @@ impl Outbox {
             ready: Notify::new(),
             kill: CancellationToken::new(),
             capacity,
+            last_seen_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Records that the client sent a frame at `now_ms`.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the client last sent a frame (or connected), in ms.
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// Kills the connection for `reason` unless it is already closed or
+    /// killed; returns whether this call killed it.
+    pub fn kill(&self, reason: Close) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.closed {
+            return false;
+        }
+        state.closed = true;
+        state.killed = Some(reason);
+        state.queue.clear();
+        drop(state);
+        self.kill.cancel();
+        true
     }
 
     /// Queues `frame` without waiting.
@@ -66,11 +99,8 @@ impl Outbox {
             return Push::Closed;
         }
         if state.queue.len() >= self.capacity {
-            state.closed = true;
-            state.overflowed = true;
-            state.queue.clear();
             drop(state);
-            self.kill.cancel();
+            self.kill(Close::SlowConsumer);
             return Push::Overflowed;
         }
         let was_empty = state.queue.is_empty();
@@ -104,12 +134,9 @@ impl Outbox {
         state.queue.clear();
     }
 
-    /// Whether this connection was killed for overflowing its queue.
-    pub fn overflowed(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .overflowed
+    /// Why this connection was killed, if it was.
+    pub fn killed_for(&self) -> Option<Close> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).killed
     }
 
     /// Resolves once the connection has been killed.
@@ -129,7 +156,7 @@ mod tests {
         assert_eq!(outbox.push(Bytes::from_static(b"b")), Push::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"c")), Push::Overflowed);
         assert_eq!(outbox.push(Bytes::from_static(b"d")), Push::Closed);
-        assert!(outbox.overflowed());
+        assert_eq!(outbox.killed_for(), Some(Close::SlowConsumer));
         assert!(outbox.kill.is_cancelled());
     }
 

@@ -52,6 +52,9 @@ pub enum Close {
     InvalidPayload,
     /// 1009: a message larger than `MAX_MESSAGE_SIZE`. Reconnect: send less.
     TooBig,
+    /// 4000: the client sent no frame (not even a pong) for `IDLE_TIMEOUT`.
+    /// Reconnect: yes; answer pings to stay connected.
+    IdleTimeout,
     /// 4008: the client read too slowly and its outbound queue overflowed.
     /// Reconnect: yes; messages queued for it were dropped.
     SlowConsumer,
@@ -67,6 +70,7 @@ impl Close {
             Close::Unsupported => 1003,
             Close::InvalidPayload => 1007,
             Close::TooBig => 1009,
+            Close::IdleTimeout => 4000,
             Close::SlowConsumer => 4008,
         }
     }
@@ -80,6 +84,7 @@ impl Close {
             Close::Unsupported => "binary frames are not supported",
             Close::InvalidPayload => "text is not valid UTF-8",
             Close::TooBig => "message too big",
+            Close::IdleTimeout => "idle timeout: no frame from the client",
             Close::SlowConsumer => "slow consumer: outbound queue full",
         }
     }
@@ -114,6 +119,11 @@ pub fn encode(mut frame: Frame<'_>) -> Bytes {
 /// A text frame carrying `text`, encoded once.
 pub fn text_frame(text: &str) -> Bytes {
     encode(Frame::text(Payload::Borrowed(text.as_bytes())))
+}
+
+/// A ping with an empty payload, for heartbeats.
+pub fn ping_frame() -> Bytes {
+    encode(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")))
 }
 
 /// The pong answering a ping with `payload`.

@@ -14,8 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::App;
-use crate::broker::RedisError;
+use crate::app::{App, AppError};
 use crate::config::Config;
 use crate::http;
 use crate::protocol;
@@ -33,13 +32,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The configuration cannot be put to use: authentication settings
+    /// (key file, origins, …) or the broker.
     #[error(transparent)]
-    Broker(#[from] RedisError),
+    Setup(#[from] AppError),
 }
 
-/// Serves `listener` until shut down. The first item of `signals` starts the
-/// graceful drain; a second one forces the close; a stream that ends without
-/// an item also starts the drain.
+/// Serves `listener` with a server configured by `config` until shut down:
+/// [`App::new`], then [`serve`].
 pub async fn run<S>(
     listener: TcpListener,
     config: Config,
@@ -48,11 +48,21 @@ pub async fn run<S>(
 where
     S: Stream<Item = ()> + Send + Unpin,
 {
-    let timing = Timing {
-        timeout: config.shutdown_timeout,
-        log_interval: config.shutdown_log_interval,
-    };
     let app = App::new(config)?;
+    Ok(serve(listener, app, signals).await)
+}
+
+/// Serves `listener` until shut down. The first item of `signals` starts the
+/// graceful drain; a second one forces the close; a stream that ends without
+/// an item also starts the drain.
+pub async fn serve<S>(listener: TcpListener, app: Arc<App>, signals: S) -> Outcome
+where
+    S: Stream<Item = ()> + Send + Unpin,
+{
+    let timing = Timing {
+        timeout: app.config.shutdown_timeout,
+        log_interval: app.config.shutdown_log_interval,
+    };
     let stop = CancellationToken::new();
     let http_conns = TaskTracker::new();
     let acceptor = tokio::spawn(accept(
@@ -63,6 +73,12 @@ where
     ));
     if let Some(every) = app.config.notifications() {
         tokio::spawn(notify_periodically(app.clone(), every));
+    }
+    if let Some(every) = nonzero(app.config.heartbeat_interval) {
+        tokio::spawn(heartbeat(app.clone(), every, stop.clone()));
+    }
+    if let Some(idle) = nonzero(app.config.idle_timeout) {
+        tokio::spawn(sweep_idle(app.clone(), idle, stop.clone()));
     }
 
     let mut signals = signals;
@@ -82,7 +98,7 @@ where
         tracing::debug!("dropping HTTP connections still open at exit");
     }
     app.broker.close().await;
-    Ok(outcome)
+    outcome
 }
 
 /// Accepts connections until `stop`; each is served by hyper in its own task.
@@ -139,6 +155,46 @@ async fn notify_periodically(app: Arc<App>, every: Duration) {
             _ = app.shutdown.draining() => return,
             _ = ticks.tick() => {
                 app.hub.broadcast(&frame, None);
+            }
+        }
+    }
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// Pings every client each `every`, through the hub: one shared frame and
+/// one timer for the whole server rather than a timer per connection. Goes
+/// on during a drain, so proxies keep waiting clients' connections open.
+async fn heartbeat(app: Arc<App>, every: Duration, stop: CancellationToken) {
+    let ping = protocol::ping_frame();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {
+                app.hub.broadcast(&ping, None);
+            }
+        }
+    }
+}
+
+/// Closes clients silent for `idle` with 4000. Sweeping four times per
+/// period bounds the overshoot to a quarter of `idle`.
+async fn sweep_idle(app: Arc<App>, idle: Duration, stop: CancellationToken) {
+    let every = idle / 4;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {
+                let closed = app.hub.sweep_idle(idle);
+                if closed > 0 {
+                    tracing::debug!(closed, "closed idle connections");
+                }
             }
         }
     }

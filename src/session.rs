@@ -89,7 +89,7 @@ where
     loop {
         tokio::select! {
             biased;
-            _ = outbox.killed() => return Ending::Close(Close::SlowConsumer),
+                        _ = outbox.killed() => return Ending::Close(kill_reason(reg)),
             _ = app.shutdown.forced() => return Ending::Close(Close::GoingAway),
             _ = app.shutdown.draining(), if !notified => {
                 notified = true;
@@ -102,8 +102,11 @@ where
                 }
             }
             frame = inbound.next() => {
-                let event = match frame {
-                    Some(Ok(frame)) => assembler.push(frame),
+                                let event = match frame {
+                    Some(Ok(frame)) => {
+                        outbox.touch(app.hub.now_ms());
+                        assembler.push(frame)
+                    }
                     Some(Err(err)) => return read_failed(&err),
                     None => return Ending::Gone,
                 };
@@ -133,6 +136,11 @@ fn on_event(app: &App, reg: &Registration, event: Event) -> Option<Ending> {
         Event::ClientClose(code) => Some(Ending::Echo(code)),
         Event::Violation(close) => Some(Ending::Close(close)),
     }
+}
+
+/// Why the hub killed this connection (overflow, or idle).
+fn kill_reason(reg: &Registration) -> Close {
+    reg.outbox().killed_for().unwrap_or(Close::SlowConsumer)
 }
 
 fn read_failed(err: &WebSocketError) -> Ending {
@@ -165,7 +173,7 @@ where
             }
             Err(_) => Some(Ending::Gone),
         },
-        _ = reg.outbox().killed() => Some(interrupted(pending, Close::SlowConsumer)),
+                _ = reg.outbox().killed() => Some(interrupted(pending, kill_reason(reg))),
         _ = app.shutdown.forced() => Some(interrupted(pending, Close::GoingAway)),
     }
 }
