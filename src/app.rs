@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::auth::{Auth, AuthError};
 use crate::broker::{Broker, RedisError};
 use crate::config::Config;
 use crate::hub::{ConnId, Fanout, Hub};
@@ -13,10 +14,23 @@ use crate::metrics::Metrics;
 use crate::protocol;
 use crate::shutdown::Shutdown;
 
+/// Why a server could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The authentication settings (key file, origins, …) are unusable.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The broker could not start (a bad Redis URL).
+    #[error(transparent)]
+    Broker(#[from] RedisError),
+}
+
 /// Everything a request handler or a session needs.
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
+    /// Origin, token and API key checks, loaded once.
+    pub auth: Auth,
     pub hub: Arc<Hub>,
     pub broker: Broker,
     pub metrics: Arc<Metrics>,
@@ -28,13 +42,16 @@ pub struct App {
 }
 
 impl App {
-    /// The state of a server configured by `config`; in Redis mode this
-    /// starts the broker's background connection. Must run inside a runtime.
-    pub fn new(config: Config) -> Result<Arc<Self>, RedisError> {
+    /// The state of a server configured by `config`: the authentication
+    /// settings are checked (key file read) first, then, in Redis mode, the
+    /// broker's background connection starts. Must run inside a runtime.
+    pub fn new(config: Config) -> Result<Arc<Self>, AppError> {
+        let auth = Auth::from_config(&config)?;
         let metrics = Arc::new(Metrics::new());
         let (broker, hub) = Broker::start(&config, metrics.clone())?;
         Ok(Arc::new(App {
             config,
+            auth,
             hub,
             broker,
             metrics,

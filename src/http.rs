@@ -77,6 +77,11 @@ impl<'a> Route<'a> {
         }
     }
 
+    /// Routes that send to clients: with `API_KEY` set they need it.
+    fn publishes(&self) -> bool {
+        matches!(self, Route::Broadcast | Route::Notify(_))
+    }
+
     fn allow(&self) -> &'static str {
         match self {
             Route::Broadcast | Route::Notify(_) => "POST",
@@ -99,6 +104,9 @@ where
         res.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(route.allow()));
         return res;
+    }
+    if route.publishes() && !app.auth.publisher_allowed(req.headers()) {
+        return unauthorized("missing or wrong API key");
     }
     match route {
         Route::Page => page(),
@@ -289,6 +297,14 @@ fn json_ok(value: Value) -> Response<ResponseBody> {
 /// `{"error": message}` with `status`.
 pub fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
     json(status, json!({ "error": message }))
+}
+
+/// 401 `{"error": message}` with `WWW-Authenticate: Bearer` (RFC 6750).
+pub fn unauthorized(message: &str) -> Response<ResponseBody> {
+    let mut res = error(StatusCode::UNAUTHORIZED, message);
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
 }
 
 /// The `Retry-After` value for refused upgrades.

@@ -5,9 +5,12 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment → one [`Config`], defaults documented.
-//! - [`server`]: `run(listener, config, signals)`: accept loop, periodic
-//!   notifier, drain on the first signal.
+//! - [`server`]: `run(listener, config, signals)` (or `serve` with an
+//!   [`app::App`] already built): accept loop, periodic notifier, drain on
+//!   the first signal.
 //! - [`http`]: the routes; [`upgrade`]: `GET /ws[/{client_id}]` → session.
+//! - [`auth`]: origin allow-list, JWT check before the upgrade, API key of
+//!   the publishing routes.
 //! - [`session`]: one WebSocket's life in a single `select!`.
 //! - [`broker`]: in-memory (default) or Redis Pub/Sub fan-out across
 //!   instances, behind one enum.
@@ -19,6 +22,7 @@
 //! - [`app`]: the shared state handed to handlers and sessions.
 
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod http;

@@ -1,6 +1,11 @@
 //! `GET /ws` and `GET /ws/{client_id}`: checks, the 101 answer (built by
 //! fastwebsockets), and the hand-over of the upgraded socket to a tracked
 //! session task.
+//!
+//! The checks run in this order, each answering before anything is upgraded:
+//! draining (503), not an upgrade (426), `Origin` not allowed (403), token
+//! missing or invalid (401), `client_id` other than the token's `sub` (403),
+//! `client_id` too long or a bad handshake (400/426).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -14,7 +19,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::app::App;
-use crate::http::{MAX_CLIENT_ID, ResponseBody, error, retry_after};
+use crate::auth::Refusal;
+use crate::http::{MAX_CLIENT_ID, ResponseBody, error, retry_after, unauthorized};
 use crate::session;
 
 /// Answers an upgrade request and, on success, starts its session.
@@ -40,6 +46,13 @@ pub fn websocket<B>(
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return res;
     }
+    let admission = match app
+        .auth
+        .admit(req.uri(), req.headers(), client_id.as_deref())
+    {
+        Ok(admission) => admission,
+        Err(refusal) => return refused(refusal),
+    };
     if client_id
         .as_ref()
         .is_some_and(|id| id.len() > MAX_CLIENT_ID)
@@ -49,11 +62,19 @@ pub fn websocket<B>(
             &format!("client_id longer than {MAX_CLIENT_ID} bytes"),
         );
     }
-    let (res, upgrading) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let (mut res, upgrading) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(ok) => ok,
         Err(err) => return refused_handshake(err),
     };
-    let user: Arc<str> = client_id
+    if let Some(protocol) = admission.protocol {
+        res.headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    // With tokens on, the user is the token's `sub` (a `client_id` in the
+    // path, if any, was checked to be the same).
+    let user: Arc<str> = admission
+        .user
+        .or(client_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         .into();
     let app_for_session = app.clone();
@@ -86,6 +107,15 @@ async fn serve(app: Arc<App>, upgraded: Upgraded, user: Arc<str>) {
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             session::run(app, read, write, user).await
         }
+    }
+}
+
+/// The answer to a request refused by [`crate::auth::Auth::admit`].
+fn refused(refusal: Refusal) -> Response<ResponseBody> {
+    tracing::debug!(reason = %refusal, "WebSocket upgrade refused");
+    match refusal.status() {
+        StatusCode::UNAUTHORIZED => unauthorized(&refusal.to_string()),
+        status => error(status, &refusal.to_string()),
     }
 }
 
