@@ -146,56 +146,51 @@ async fn accept(listener: TcpListener, app: Arc<App>, stop: CancellationToken, c
 }
 
 /// Sends the periodic notification until the drain starts.
-async fn notify_periodically(app: Arc<App>, every: Duration) {
-    let frame = protocol::text_frame(&protocol::periodic(every));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+async fn notify_periodically(app: Arc<App>, period: Duration) {
+    let frame = protocol::text_frame(&protocol::periodic(period));
+    every(period, app.shutdown.draining(), || {
+        app.hub.broadcast(&frame, None);
+    })
+    .await
+}
+
+/// Pings every client each `period`, through the hub: one shared frame and
+/// one timer for the whole server rather than a timer per connection. Goes
+/// on during a drain, so proxies keep waiting clients' connections open.
+async fn heartbeat(app: Arc<App>, period: Duration, stop: CancellationToken) {
+    let ping = protocol::ping_frame();
+    every(period, stop.cancelled(), || {
+        app.hub.broadcast(&ping, None);
+    })
+    .await
+}
+
+/// Closes clients silent for `idle` with 4000. Sweeping four times per
+/// period bounds the overshoot to a quarter of `idle`.
+async fn sweep_idle(app: Arc<App>, idle: Duration, stop: CancellationToken) {
+    every(idle / 4, stop.cancelled(), || {
+        let closed = app.hub.sweep_idle(idle);
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle connections");
+        }
+    })
+    .await
+}
+
+/// Runs `tick` every `period`, the first time one period from now, until
+/// `until` resolves. A late tick is not made up for.
+async fn every(period: Duration, until: impl Future<Output = ()>, mut tick: impl FnMut()) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(until);
     loop {
         tokio::select! {
-            _ = app.shutdown.draining() => return,
-            _ = ticks.tick() => {
-                app.hub.broadcast(&frame, None);
-            }
+            _ = &mut until => return,
+            _ = ticks.tick() => tick(),
         }
     }
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
-}
-
-/// Pings every client each `every`, through the hub: one shared frame and
-/// one timer for the whole server rather than a timer per connection. Goes
-/// on during a drain, so proxies keep waiting clients' connections open.
-async fn heartbeat(app: Arc<App>, every: Duration, stop: CancellationToken) {
-    let ping = protocol::ping_frame();
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {
-                app.hub.broadcast(&ping, None);
-            }
-        }
-    }
-}
-
-/// Closes clients silent for `idle` with 4000. Sweeping four times per
-/// period bounds the overshoot to a quarter of `idle`.
-async fn sweep_idle(app: Arc<App>, idle: Duration, stop: CancellationToken) {
-    let every = idle / 4;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {
-                let closed = app.hub.sweep_idle(idle);
-                if closed > 0 {
-                    tracing::debug!(closed, "closed idle connections");
-                }
-            }
-        }
-    }
 }
