@@ -199,7 +199,8 @@ async fn the_test_page_connects_to_its_own_origin() {
         !page.contains("8050") && !page.contains("localhost"),
         "no hard-coded host or port"
     );
-    for control in ["connect", "disconnect", "send", "check", "messages"] {
+        assert!(page.contains(r#"["bearer", token]"#), "the page can send a token");
+    for control in ["connect", "disconnect", "send", "check", "messages", "token"] {
         assert!(
             page.contains(&format!("id=\"{control}\"")),
             "missing #{control}"
