@@ -199,8 +199,18 @@ async fn the_test_page_connects_to_its_own_origin() {
         !page.contains("8050") && !page.contains("localhost"),
         "no hard-coded host or port"
     );
-        assert!(page.contains(r#"["bearer", token]"#), "the page can send a token");
-    for control in ["connect", "disconnect", "send", "check", "messages", "token"] {
+    assert!(
+        page.contains(r#"["bearer", token]"#),
+        "the page can send a token"
+    );
+    for control in [
+        "connect",
+        "disconnect",
+        "send",
+        "check",
+        "messages",
+        "token",
+    ] {
         assert!(
             page.contains(&format!("id=\"{control}\"")),
             "missing #{control}"
