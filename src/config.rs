@@ -32,6 +32,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(25);
 /// Default silence after which a client is closed with 4000.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(70);
 
+/// Default messages per second (and burst) one client may send.
+pub const DEFAULT_RATE_LIMIT: u32 = 100;
+
 /// Largest accepted `MAX_MESSAGE_SIZE`: 16 MiB. Beyond that one client could
 /// make the server hold too much memory for a single frame.
 const MAX_MESSAGE_SIZE_CAP: usize = 16 * 1024 * 1024;
@@ -137,6 +140,12 @@ pub struct Config {
     /// Default: unset.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// Messages (text and pings) per second one client may send, with bursts
+    /// of as many; faster clients are closed with 1008. 0 disables.
+    /// Default: 100.
+    #[arg(long, env = "RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
 }
 
 impl Default for Config {
@@ -159,6 +168,7 @@ impl Default for Config {
             jwt_public_key_file: None,
             allowed_origins: None,
             api_key: None,
+            rate_limit: DEFAULT_RATE_LIMIT,
         }
     }
 }

@@ -50,6 +50,9 @@ pub enum Close {
     Unsupported,
     /// 1007: a text message that is not valid UTF-8. Reconnect: fix the client.
     InvalidPayload,
+    /// 1008: the client sent more than `RATE_LIMIT` messages per second.
+    /// Reconnect: yes, after a pause, and send less often.
+    RateLimited,
     /// 1009: a message larger than `MAX_MESSAGE_SIZE`. Reconnect: send less.
     TooBig,
     /// 4000: the client sent no frame (not even a pong) for `IDLE_TIMEOUT`.
@@ -69,6 +72,7 @@ impl Close {
             Close::Protocol => 1002,
             Close::Unsupported => 1003,
             Close::InvalidPayload => 1007,
+            Close::RateLimited => 1008,
             Close::TooBig => 1009,
             Close::IdleTimeout => 4000,
             Close::SlowConsumer => 4008,
@@ -83,6 +87,7 @@ impl Close {
             Close::Protocol => "protocol error",
             Close::Unsupported => "binary frames are not supported",
             Close::InvalidPayload => "text is not valid UTF-8",
+            Close::RateLimited => "rate limit exceeded",
             Close::TooBig => "message too big",
             Close::IdleTimeout => "idle timeout: no frame from the client",
             Close::SlowConsumer => "slow consumer: outbound queue full",

@@ -85,6 +85,7 @@ where
 {
     let outbox = reg.outbox();
     let mut assembler = Assembler::new(app.config.max_message_size);
+    let mut budget = Budget::new(app.config.rate_limit);
     let mut notified = false;
     // Created once and pinned: re-creating these futures on every wake-up
     // re-registered their waiters each time (seen in the fan-out profile).
@@ -119,6 +120,9 @@ where
                     Some(Err(err)) => return read_failed(&err),
                     None => return Ending::Gone,
                 };
+                                if matches!(event, Event::Text(_) | Event::Ping(_)) && !budget.spend() {
+                    return Ending::Close(Close::RateLimited);
+                }
                 if let Some(ending) = on_event(app, reg, event) {
                     return ending;
                 }
@@ -144,6 +148,41 @@ fn on_event(app: &App, reg: &Registration, event: Event) -> Option<Ending> {
         Event::Nothing => None,
         Event::ClientClose(code) => Some(Ending::Echo(code)),
         Event::Violation(close) => Some(Ending::Close(close)),
+    }
+}
+
+/// A token bucket over the client's messages: `rate` per second, bursts of
+/// `rate`. A rate of 0 never runs out.
+struct Budget {
+    rate: f64,
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl Budget {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Budget {
+            rate,
+            tokens: rate,
+            refilled: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one message from the budget; `false` when it is spent.
+    fn spend(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.rate);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
     }
 }
 

@@ -261,3 +261,57 @@ async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
     .await;
     assert_eq!(next_text(&mut fast).await, "after");
 }
+
+#[tokio::test]
+async fn a_flooding_client_is_closed_with_1008_and_the_others_are_fine() {
+    let server = TestServer::start(Config {
+        rate_limit: 20,
+        notification_interval: Duration::ZERO,
+        ..Config::default()
+    })
+    .await;
+    let mut bystander = connect(server.addr, "/ws/bystander").await;
+    let mut flood = RawWs::connect(server.addr, "/ws/flood").await;
+    for i in 0..60 {
+        flood
+            .send_frame(true, op::TEXT, format!("spam {i}").as_bytes())
+            .await;
+    }
+    assert_eq!(flood.close_code().await, Some(1008));
+    // The burst allowance (20) went through; nothing beyond a second's worth.
+    let mut relayed = 0;
+    while let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(
+        Duration::from_millis(300),
+        futures_util::StreamExt::next(&mut bystander),
+    )
+    .await
+    {
+        assert!(text.starts_with("New message: spam"), "{text}");
+        relayed += 1;
+    }
+    assert!((20..=25).contains(&relayed), "relayed {relayed}");
+    http(
+        server.addr,
+        Method::POST,
+        "/broadcast",
+        r#"{"message":"calm"}"#,
+    )
+    .await;
+    assert_eq!(next_text(&mut bystander).await, "calm");
+}
+
+#[tokio::test]
+async fn a_client_within_its_rate_is_never_limited() {
+    let server = TestServer::start(Config {
+        rate_limit: 20,
+        notification_interval: Duration::ZERO,
+        ..Config::default()
+    })
+    .await;
+    let mut ws = connect(server.addr, "/ws").await;
+    for i in 0..30 {
+        tokio::time::sleep(Duration::from_millis(60)).await; // ~16/s
+        send(&mut ws, &format!("m{i}")).await;
+        assert_eq!(next_text(&mut ws).await, format!("You said: m{i}"));
+    }
+}

@@ -41,18 +41,20 @@ fn documented(close: Close) -> (u16, &'static str) {
         Close::Protocol => (1002, "protocol error"),
         Close::Unsupported => (1003, "binary frames are not supported"),
         Close::InvalidPayload => (1007, "text is not valid UTF-8"),
+        Close::RateLimited => (1008, "rate limit exceeded"),
         Close::TooBig => (1009, "message too big"),
         Close::IdleTimeout => (4000, "idle timeout: no frame from the client"),
         Close::SlowConsumer => (4008, "slow consumer: outbound queue full"),
     }
 }
 
-const ALL_CLOSES: [Close; 8] = [
+const ALL_CLOSES: [Close; 9] = [
     Close::Normal,
     Close::GoingAway,
     Close::Protocol,
     Close::Unsupported,
     Close::InvalidPayload,
+    Close::RateLimited,
     Close::TooBig,
     Close::IdleTimeout,
     Close::SlowConsumer,
