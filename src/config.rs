@@ -180,7 +180,7 @@ impl Config {
     }
 }
 
-fn secs(value: &str) -> Result<Duration, String> {
+fn non_negative_secs(value: &str) -> Result<Duration, String> {
     let secs: f64 = value
         .trim()
         .parse()
@@ -198,12 +198,8 @@ fn secs(value: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn non_negative_secs(value: &str) -> Result<Duration, String> {
-    secs(value)
-}
-
 fn positive_secs(value: &str) -> Result<Duration, String> {
-    match secs(value)? {
+    match non_negative_secs(value)? {
         d if d.is_zero() => Err(format!("`{value}` must be greater than 0")),
         d => Ok(d),
     }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::app::App;
@@ -70,13 +70,6 @@ impl<'a> Route<'a> {
         })
     }
 
-    fn method(&self) -> Method {
-        match self {
-            Route::Broadcast | Route::Notify(_) => Method::POST,
-            _ => Method::GET,
-        }
-    }
-
     /// Routes that send to clients: with `API_KEY` set they need it.
     fn publishes(&self) -> bool {
         matches!(self, Route::Broadcast | Route::Notify(_))
@@ -99,7 +92,7 @@ where
     let Some(route) = Route::parse(req.uri().path()) else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
-    if req.method() != route.method() {
+    if req.method() != route.allow() {
         let mut res = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         res.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(route.allow()));
@@ -316,6 +309,7 @@ pub fn retry_after() -> HeaderValue {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use hyper::Method;
 
     async fn call(app: &Arc<App>, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
         let req = Request::builder()

@@ -58,13 +58,7 @@ async fn post_broadcast_reaches_every_client() {
     for i in 0..5 {
         clients.push(connect(server.addr, &format!("/ws/c{i}")).await);
     }
-    let reply = http(
-        server.addr,
-        Method::POST,
-        "/broadcast",
-        r#"{"message":"order shipped"}"#,
-    )
-    .await;
+    let reply = broadcast(server.addr, "order shipped").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         reply.json(),

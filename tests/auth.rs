@@ -588,13 +588,7 @@ async fn open_mode_needs_no_token_and_ignores_one() {
     .await;
     assert_eq!(res.headers()["sec-websocket-protocol"], "bearer");
     // Publishing is open without API_KEY.
-    let reply = http(
-        server.addr,
-        Method::POST,
-        "/broadcast",
-        r#"{"message":"open"}"#,
-    )
-    .await;
+    let reply = broadcast(server.addr, "open").await;
     assert_eq!(reply.status, StatusCode::OK);
 }
 

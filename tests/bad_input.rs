@@ -36,13 +36,7 @@ async fn expect_close(expected: u16, offend: impl AsyncFnOnce(&mut RawWs)) {
         "the server must close the TCP connection after the close frame"
     );
     wait_for_connections(server.addr, 1).await;
-    http(
-        server.addr,
-        Method::POST,
-        "/broadcast",
-        r#"{"message":"still here"}"#,
-    )
-    .await;
+    broadcast(server.addr, "still here").await;
     assert_eq!(next_text(&mut bystander).await, "still here");
 }
 
@@ -252,13 +246,7 @@ async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
     if let Some(code) = slow.close_code().await {
         assert_eq!(code, 4008);
     }
-    http(
-        server.addr,
-        Method::POST,
-        "/broadcast",
-        r#"{"message":"after"}"#,
-    )
-    .await;
+    broadcast(server.addr, "after").await;
     assert_eq!(next_text(&mut fast).await, "after");
 }
 
@@ -290,13 +278,7 @@ async fn a_flooding_client_is_closed_with_1008_and_the_others_are_fine() {
         relayed += 1;
     }
     assert!((20..=25).contains(&relayed), "relayed {relayed}");
-    http(
-        server.addr,
-        Method::POST,
-        "/broadcast",
-        r#"{"message":"calm"}"#,
-    )
-    .await;
+    broadcast(server.addr, "calm").await;
     assert_eq!(next_text(&mut bystander).await, "calm");
 }
 

@@ -5,7 +5,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use hyper::Method;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use wsnotify::Config;
@@ -56,13 +55,7 @@ async fn a_client_answering_pings_stays_connected() {
     while Instant::now() < until {
         assert!(matches!(next_message(&mut ws).await, Message::Ping(_)));
     }
-    http(
-        server.addr,
-        Method::POST,
-        "/broadcast",
-        r#"{"message":"still here"}"#,
-    )
-    .await;
+    broadcast(server.addr, "still here").await;
     assert_eq!(next_text(&mut ws).await, "still here");
 }
 

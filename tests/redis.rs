@@ -69,14 +69,8 @@ async fn wait_for_subscribers(redis: &Redis, channel: &str, n: usize) {
     }
 }
 
-async fn broadcast(addr: SocketAddr, message: &str) -> Reply {
-    let reply = http(
-        addr,
-        Method::POST,
-        "/broadcast",
-        &serde_json::json!({ "message": message }).to_string(),
-    )
-    .await;
+async fn broadcast_ok(addr: SocketAddr, message: &str) -> Reply {
+    let reply = broadcast(addr, message).await;
     assert_eq!(reply.status, StatusCode::OK);
     reply
 }
@@ -94,7 +88,7 @@ async fn a_broadcast_on_one_instance_reaches_every_instance_exactly_once() {
     let mut on_b = connect(b.addr, "/ws/b").await;
     let mut on_c = connect(c.addr, "/ws/c").await;
 
-    broadcast(a.addr, "order shipped").await;
+    broadcast_ok(a.addr, "order shipped").await;
     for ws in [&mut on_a, &mut on_b, &mut on_c] {
         assert_eq!(next_text(ws).await, "order shipped");
     }
@@ -255,7 +249,7 @@ async fn redis_stopping_and_restarting_degrades_then_recovers_by_itself() {
     assert_eq!(health.json()["broker"]["outages"], 1);
 
     // Local delivery goes on.
-    broadcast(a.addr, "local only").await;
+    broadcast_ok(a.addr, "local only").await;
     assert_eq!(next_text(&mut on_a).await, "local only");
     assert_eq!(next_text(&mut on_a2).await, "local only");
     send(&mut on_a2, "still chatting").await;
@@ -299,7 +293,7 @@ async fn redis_stopping_and_restarting_degrades_then_recovers_by_itself() {
         restarted.elapsed()
     );
     wait_for_subscribers(&redis, "notifications:u1", 1).await;
-    broadcast(a.addr, "cross again").await;
+    broadcast_ok(a.addr, "cross again").await;
     for ws in [&mut on_a, &mut on_a2, &mut on_b] {
         assert_eq!(next_text(ws).await, "cross again");
     }
@@ -323,7 +317,7 @@ async fn a_paused_redis_is_noticed_and_nothing_local_hangs() {
     redis.pause().await;
     wait_for_ready(a.addr, StatusCode::SERVICE_UNAVAILABLE).await;
     let started = Instant::now();
-    broadcast(a.addr, "while frozen").await;
+    broadcast_ok(a.addr, "while frozen").await;
     assert_eq!(next_text(&mut on_a).await, "while frozen");
     let reply = http(
         a.addr,
@@ -344,7 +338,7 @@ async fn a_paused_redis_is_noticed_and_nothing_local_hangs() {
     redis.unpause().await;
     wait_for_ready(a.addr, StatusCode::OK).await;
     wait_for_ready(b.addr, StatusCode::OK).await;
-    broadcast(a.addr, "thawed").await;
+    broadcast_ok(a.addr, "thawed").await;
     assert_eq!(next_text(&mut on_a).await, "thawed");
     assert_eq!(next_text(&mut on_b).await, "thawed");
 }

@@ -204,6 +204,12 @@ pub async fn http_with(
     }
 }
 
+/// `POST /broadcast` with `{"message": message}`.
+pub async fn broadcast(addr: SocketAddr, message: &str) -> Reply {
+    let body = serde_json::json!({ "message": message }).to_string();
+    http(addr, Method::POST, "/broadcast", &body).await
+}
+
 /// A client that writes raw frames, for input a well-behaved library refuses to send.
 pub struct RawWs {
     stream: TcpStream,
