@@ -27,6 +27,7 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
