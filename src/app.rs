@@ -10,6 +10,7 @@ use crate::auth::{Auth, AuthError};
 use crate::broker::{Broker, RedisError};
 use crate::config::Config;
 use crate::hub::{ConnId, Fanout, Hub};
+use crate::message::ServerMessage;
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::shutdown::Shutdown;
@@ -39,6 +40,8 @@ pub struct App {
     pub connected_frame: Bytes,
     /// The drain notice, encoded once for every client.
     pub shutdown_frame: Bytes,
+    /// The drain notice as `system.shutdown`, for room (JSON) clients.
+    pub shutdown_json_frame: Bytes,
 }
 
 impl App {
@@ -58,6 +61,10 @@ impl App {
             shutdown: Shutdown::new(),
             connected_frame: protocol::text_frame(protocol::CONNECTED),
             shutdown_frame: protocol::text_frame(protocol::SHUTDOWN_NOTICE),
+            shutdown_json_frame: ServerMessage::Shutdown {
+                message: protocol::SHUTDOWN_NOTICE.to_owned(),
+            }
+            .frame(),
         }))
     }
 

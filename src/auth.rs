@@ -118,7 +118,7 @@ pub enum Refusal {
     Origin,
     #[error(transparent)]
     Token(#[from] TokenError),
-    #[error("client_id does not match the token's sub")]
+    #[error("client_id (or ?user=) does not match the token's sub")]
     ClientIdMismatch,
 }
 
@@ -409,7 +409,7 @@ fn find_token(uri: &Uri, headers: &HeaderMap) -> Option<String> {
     if let Some(token) = protocol_token(headers) {
         return Some(token.to_owned());
     }
-    query_token(uri)
+    query_param(uri, "token")
 }
 
 /// The credentials of an `Authorization: Bearer <credentials>` header.
@@ -444,11 +444,11 @@ fn protocol_token(headers: &HeaderMap) -> Option<&str> {
     entries.next()
 }
 
-/// The first non-empty `token` query parameter, percent-decoded.
-fn query_token(uri: &Uri) -> Option<String> {
+/// The first non-empty query parameter `name`, percent-decoded.
+pub fn query_param(uri: &Uri, name: &str) -> Option<String> {
     uri.query()?
         .split('&')
-        .filter_map(|pair| pair.strip_prefix("token="))
+        .filter_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
         .find(|v| !v.is_empty())
         .map(percent_decode)
 }

@@ -34,6 +34,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(70);
 
 /// Default messages per second (and burst) one client may send.
 pub const DEFAULT_RATE_LIMIT: u32 = 100;
+/// Default life of a presence entry not refreshed (seed 003): 60 s.
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(60);
+/// Default longest `text` of a `chat.message`, in characters.
+pub const DEFAULT_MAX_TEXT_LENGTH: usize = 4096;
 
 /// Largest accepted `MAX_MESSAGE_SIZE`: 16 MiB. Beyond that one client could
 /// make the server hold too much memory for a single frame.
@@ -146,6 +150,19 @@ pub struct Config {
     /// Default: 100.
     #[arg(long, env = "RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
     pub rate_limit: u32,
+
+    /// Seconds a user stays listed as present in a room after their
+    /// instance last refreshed the entry (Redis mode; refreshed with the
+    /// heartbeat, at least twice per TTL). An instance that dies without
+    /// cleaning up drops out of presence within this time. Must be > 0.
+    /// Default: 60.
+    #[arg(long, env = "PRESENCE_TTL", default_value = "60", value_parser = positive_secs)]
+    pub presence_ttl: Duration,
+
+    /// Longest `text` of a `chat.message`, in characters (1 ..= 16777216);
+    /// longer ones get `system.error` `text_too_long`. Default: 4096.
+    #[arg(long, env = "MAX_TEXT_LENGTH", default_value_t = DEFAULT_MAX_TEXT_LENGTH, value_parser = message_size)]
+    pub max_text_length: usize,
 }
 
 impl Default for Config {
@@ -169,6 +186,8 @@ impl Default for Config {
             allowed_origins: None,
             api_key: None,
             rate_limit: DEFAULT_RATE_LIMIT,
+            presence_ttl: DEFAULT_PRESENCE_TTL,
+            max_text_length: DEFAULT_MAX_TEXT_LENGTH,
         }
     }
 }
@@ -177,6 +196,16 @@ impl Config {
     /// The periodic notification interval, or `None` when disabled (0).
     pub fn notifications(&self) -> Option<Duration> {
         (!self.notification_interval.is_zero()).then_some(self.notification_interval)
+    }
+
+    /// How often an instance refreshes its presence entries in Redis: with
+    /// the heartbeat, but at least twice per `PRESENCE_TTL`.
+    pub fn presence_refresh(&self) -> Duration {
+        let half = self.presence_ttl / 2;
+        match self.heartbeat_interval {
+            d if d.is_zero() => half,
+            d => d.min(half),
+        }
     }
 }
 
@@ -258,6 +287,9 @@ mod tests {
         assert_eq!(parsed.heartbeat_interval, Duration::from_secs(25));
         assert_eq!(parsed.idle_timeout, Duration::from_secs(70));
         assert_eq!(parsed.jwt_alg, default.jwt_alg);
+        assert_eq!(parsed.presence_ttl, Duration::from_secs(60));
+        assert_eq!(parsed.max_text_length, default.max_text_length);
+        assert_eq!(parsed.presence_refresh(), Duration::from_secs(25));
         assert_eq!(
             (parsed.jwt_secret, parsed.api_key, parsed.allowed_origins),
             (None, None, None)
@@ -284,6 +316,8 @@ mod tests {
             (&["--outbound-queue", "many"], "whole number"),
             (&["--redis-url", "http://nope"], "not a Redis URL"),
             (&["--redis-timeout", "0"], "greater than 0"),
+            (&["--presence-ttl", "0"], "greater than 0"),
+            (&["--max-text-length", "0"], "between 1 and"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

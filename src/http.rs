@@ -11,10 +11,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::app::App;
-use crate::upgrade;
+use crate::message::{MAX_ROOM_NAME, ServerMessage, valid_room};
+use crate::upgrade::{self, Target};
 
 /// The error type request bodies may fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,8 +35,11 @@ const RETRY_AFTER_SECS: &str = "5";
 enum Route<'a> {
     Page,
     Ws(Option<&'a str>),
+    WsRoom(&'a str),
     Broadcast,
     Notify(&'a str),
+    RoomPublish(&'a str),
+    RoomPresence(&'a str),
     Connections,
     Health,
     Ready,
@@ -59,10 +63,18 @@ impl<'a> Route<'a> {
             "/ready" => Route::Ready,
             "/metrics" => Route::Metrics,
             _ => {
-                if let Some(id) = segment(path, "/ws/") {
+                if let Some(room) = segment(path, "/ws/rooms/") {
+                    Route::WsRoom(room)
+                } else if let Some(id) = segment(path, "/ws/") {
                     Route::Ws(Some(id))
                 } else if let Some(user) = segment(path, "/notify/") {
                     Route::Notify(user)
+                } else if let Some(rest) = path.strip_prefix("/rooms/") {
+                    match rest.split_once('/') {
+                        Some((room, "publish")) if !room.is_empty() => Route::RoomPublish(room),
+                        Some((room, "presence")) if !room.is_empty() => Route::RoomPresence(room),
+                        _ => return None,
+                    }
                 } else {
                     return None;
                 }
@@ -72,14 +84,14 @@ impl<'a> Route<'a> {
 
     /// Routes that send to clients: with `API_KEY` set they need it.
     fn publishes(&self) -> bool {
-        matches!(self, Route::Broadcast | Route::Notify(_))
+        matches!(
+            self,
+            Route::Broadcast | Route::Notify(_) | Route::RoomPublish(_)
+        )
     }
 
     fn allow(&self) -> &'static str {
-        match self {
-            Route::Broadcast | Route::Notify(_) => "POST",
-            _ => "GET",
-        }
+        if self.publishes() { "POST" } else { "GET" }
     }
 }
 
@@ -105,12 +117,24 @@ where
         Route::Page => page(),
         Route::Ws(client_id) => {
             let client_id = client_id.map(str::to_owned);
-            upgrade::websocket(&app, req, client_id)
+            upgrade::websocket(&app, req, Target::Plain(client_id))
+        }
+        Route::WsRoom(room) => {
+            let room = room.to_owned();
+            upgrade::websocket(&app, req, Target::Room(room))
         }
         Route::Broadcast => broadcast(&app, req).await,
         Route::Notify(user) => {
             let user = user.to_owned();
             notify(&app, &user, req).await
+        }
+        Route::RoomPublish(room) => {
+            let room = room.to_owned();
+            publish_room(&app, &room, req).await
+        }
+        Route::RoomPresence(room) => {
+            let room = room.to_owned();
+            presence(&app, &room).await
         }
         Route::Connections => {
             let active = app.broker.connections(&app.hub).await;
@@ -171,6 +195,107 @@ where
     }
 }
 
+/// `POST /rooms/{room}/publish` with `{"text": "...", "user": "..."}`: a
+/// `chat.delivery` to every member of the room on every instance. `user`
+/// names the sender and defaults to `server`; `message` is accepted for
+/// `text`, as in `/broadcast`.
+async fn publish_room<B>(app: &App, room: &str, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if let Some(res) = bad_room(room) {
+        return res;
+    }
+    let mut fields = match object(app, req).await {
+        Ok(fields) => fields,
+        Err(res) => return res,
+    };
+    let text = match fields.remove("text").or_else(|| fields.remove("message")) {
+        Some(Value::String(text)) if !text.is_empty() => text,
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return error(StatusCode::BAD_REQUEST, "No text provided");
+        }
+        Some(_) => return error(StatusCode::BAD_REQUEST, "\"text\" must be a string"),
+    };
+    let chars = text.chars().count();
+    if chars > app.config.max_text_length {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "\"text\" has {chars} characters; the limit is {}",
+                app.config.max_text_length
+            ),
+        );
+    }
+    let user = match fields.remove("user") {
+        None | Some(Value::Null) => "server".to_owned(),
+        Some(Value::String(user)) if !user.is_empty() && user.len() <= MAX_CLIENT_ID => user,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("\"user\" must be a string of 1 to {MAX_CLIENT_ID} bytes"),
+            );
+        }
+    };
+    let delivery = ServerMessage::delivery(room, &user, &text);
+    let fanout = app.broker.publish_room(room, &delivery.encode(), None);
+    let ServerMessage::Delivery { id, ts, .. } = delivery else {
+        unreachable!("delivery() builds a Delivery")
+    };
+    json_ok(json!({
+        "status": "Message published",
+        "room": room,
+        "id": id,
+        "ts": ts,
+        "local_recipients": fanout.queued,
+    }))
+}
+
+/// `GET /rooms/{room}/presence`: the room's users on every instance.
+async fn presence(app: &App, room: &str) -> Response<ResponseBody> {
+    if let Some(res) = bad_room(room) {
+        return res;
+    }
+    let (users, degraded) = app.broker.presence(room).await;
+    let mut body = json!({ "room": room, "users": users, "count": users.len() });
+    if degraded {
+        body["broker"] = json!("degraded: this instance's users only");
+    }
+    json_ok(body)
+}
+
+/// 400 for a room name that breaks the naming rule.
+fn bad_room(room: &str) -> Option<Response<ResponseBody>> {
+    (!valid_room(room)).then(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid room name: 1 to {MAX_ROOM_NAME} letters, digits or _ - . : @"),
+        )
+    })
+}
+
+/// The JSON object of a request body, or the answer explaining what is
+/// wrong with the body.
+async fn object<B>(app: &App, req: Request<B>) -> Result<Map<String, Value>, Response<ResponseBody>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let body = read_body(req, app.config.max_message_size).await?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object like {\"message\": \"...\"}",
+        )),
+        Err(err) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("Invalid JSON: {err}"),
+        )),
+    }
+}
+
 /// The non-empty `message` string of a `{"message": ...}` body, or the
 /// answer explaining what is wrong with the body.
 async fn message<B>(app: &App, req: Request<B>) -> Result<String, Response<ResponseBody>>
@@ -178,22 +303,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let body = read_body(req, app.config.max_message_size).await?;
-    let message = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(mut fields)) => fields.remove("message"),
-        Ok(_) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "expected a JSON object like {\"message\": \"...\"}",
-            ));
-        }
-        Err(err) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                &format!("Invalid JSON: {err}"),
-            ));
-        }
-    };
+    let message = object(app, req).await?.remove("message");
     match message {
         Some(Value::String(text)) if !text.is_empty() => Ok(text),
         None | Some(Value::Null) | Some(Value::String(_)) => {
@@ -334,6 +444,18 @@ mod tests {
         assert_eq!(Route::parse("/nope"), None);
         assert_eq!(Route::parse("/notify/42"), Some(Route::Notify("42")));
         assert_eq!(Route::parse("/notify/"), None);
+        assert_eq!(Route::parse("/ws/rooms/test"), Some(Route::WsRoom("test")));
+        assert_eq!(Route::parse("/ws/rooms"), Some(Route::Ws(Some("rooms"))));
+        assert_eq!(
+            Route::parse("/rooms/test/publish"),
+            Some(Route::RoomPublish("test"))
+        );
+        assert_eq!(
+            Route::parse("/rooms/test/presence"),
+            Some(Route::RoomPresence("test"))
+        );
+        assert_eq!(Route::parse("/rooms/test/other"), None);
+        assert_eq!(Route::parse("/rooms//publish"), None);
     }
 
     #[tokio::test]

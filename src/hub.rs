@@ -8,6 +8,11 @@
 //! index by user makes a per-user notification cost its recipients, not the
 //! whole registry, and tells the broker when a user's first connection
 //! arrives and its last one leaves (to subscribe to `notifications:{user}`).
+//! A third index by room does the same for rooms: a room message costs its
+//! members, and the broker hears when a room opens or closes on this
+//! instance (`rooms:{room}`) and when a user arrives in or departs from a room
+//! (presence). In memory mode the hub is the whole world, so it sends the
+//! `presence.join`/`presence.leave` events itself.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -18,9 +23,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::message::{ServerMessage, now_ms};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Push};
-use crate::protocol::Close;
+use crate::protocol::{self, Close};
 
 /// Number of registry shards. A power of two well above the core count keeps
 /// the chance that two threads want the same shard's write lock small.
@@ -29,22 +35,76 @@ pub const SHARDS: usize = 64;
 /// A connection's id, unique within this process.
 pub type ConnId = u64;
 
+/// Which protocol a connection speaks, which decides the fan-outs it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `/ws`, `/ws/{client_id}`: the seeds' plain texts.
+    Text,
+    /// `/ws/rooms/{room}`: the typed JSON protocol ([`crate::message`]).
+    Json,
+}
+
+/// Which connections a server-wide fan-out reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Every connection (WebSocket pings).
+    All,
+    /// Connections of one [`Kind`].
+    Only(Kind),
+}
+
+impl Audience {
+    fn includes(self, kind: Kind) -> bool {
+        match self {
+            Audience::All => true,
+            Audience::Only(only) => only == kind,
+        }
+    }
+}
+
 /// One registered connection.
 #[derive(Debug, Clone)]
 struct Conn {
-    /// The client id from `/ws/{client_id}` or a generated UUID.
+    /// The client id from `/ws/{client_id}`, the token's `sub`, or a UUID.
     user: Arc<str>,
     outbox: Arc<Outbox>,
+    kind: Kind,
 }
 
 /// One shard of the user index: each user's local connections.
-type UserShard = HashMap<Arc<str>, Vec<(ConnId, Arc<Outbox>)>>;
+type UserShard = HashMap<Arc<str>, Vec<(ConnId, Arc<Outbox>, Kind)>>;
 
-/// A user's first local connection arrived, or their last one left.
+/// One room's local members.
+#[derive(Debug, Default)]
+struct Room {
+    conns: Vec<(ConnId, Arc<Outbox>)>,
+    /// Local connections in the room per user.
+    users: HashMap<Arc<str>, usize>,
+}
+
+/// One shard of the room index.
+type RoomShard = HashMap<Arc<str>, Room>;
+
+/// A change the broker acts on: subscriptions and presence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
+    /// A user's first local connection arrived.
     Joined(Arc<str>),
+    /// A user's last local connection left.
     Left(Arc<str>),
+    /// A room's first local connection joined it.
+    Opened(Arc<str>),
+    /// A room's last local connection left it.
+    Closed(Arc<str>),
+    /// A user's first local connection joined a room (`conn`, which already
+    /// has the room's roster and needs no `presence.join` about itself).
+    Arrived {
+        room: Arc<str>,
+        user: Arc<str>,
+        conn: ConnId,
+    },
+    /// A user's last local connection left a room.
+    Departed { room: Arc<str>, user: Arc<str> },
 }
 
 /// The registry of local connections.
@@ -54,6 +114,8 @@ pub struct Hub {
     /// The same connections by user, sharded by a hash of the user id.
     users: Box<[RwLock<UserShard>]>,
     user_hasher: RandomState,
+    /// The same connections by room, sharded by a hash of the room name.
+    rooms: Box<[RwLock<RoomShard>]>,
     /// Told about [`Membership`] changes (the Redis broker); `None` in memory mode.
     watcher: Option<mpsc::UnboundedSender<Membership>>,
     /// Registered connections; kept beside the shards so `/connections` is
@@ -75,12 +137,16 @@ pub struct Fanout {
     pub overflowed: usize,
 }
 
-/// Keeps a connection registered; dropping it unregisters the connection.
+/// Keeps a connection registered; dropping it unregisters the connection
+/// and takes it out of every room it joined.
 #[derive(Debug)]
 pub struct Registration {
     hub: Arc<Hub>,
     id: ConnId,
+    user: Arc<str>,
     outbox: Arc<Outbox>,
+    kind: Kind,
+    rooms: Vec<Arc<str>>,
 }
 
 impl Registration {
@@ -89,15 +155,60 @@ impl Registration {
         self.id
     }
 
+    /// This connection's user.
+    pub fn user(&self) -> &Arc<str> {
+        &self.user
+    }
+
+    /// The protocol this connection speaks.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// This connection's outbound queue.
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// The rooms this connection is in, in joining order.
+    pub fn rooms(&self) -> &[Arc<str>] {
+        &self.rooms
+    }
+
+    /// Whether this connection is in `room`.
+    pub fn is_in(&self, room: &str) -> bool {
+        self.rooms.iter().any(|r| &**r == room)
+    }
+
+    /// Adds this connection to `room`; `false` if it was already in.
+    pub fn join(&mut self, room: &str) -> bool {
+        if self.is_in(room) {
+            return false;
+        }
+        let room: Arc<str> = room.into();
+        self.hub
+            .add_to_room(room.clone(), self.id, &self.user, &self.outbox);
+        self.rooms.push(room);
+        true
+    }
+
+    /// Takes this connection out of `room`; `false` if it was not in.
+    pub fn leave(&mut self, room: &str) -> bool {
+        let Some(at) = self.rooms.iter().position(|r| &**r == room) else {
+            return false;
+        };
+        let room = self.rooms.remove(at);
+        self.hub.remove_from_room(room, self.id, &self.user);
+        true
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.outbox.close();
+        for room in std::mem::take(&mut self.rooms) {
+            self.hub.remove_from_room(room, self.id, &self.user);
+        }
         self.hub.remove(self.id);
     }
 }
@@ -109,6 +220,7 @@ impl Hub {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             users: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             user_hasher: RandomState::new(),
+            rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             watcher: None,
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -118,11 +230,21 @@ impl Hub {
         }
     }
 
-    /// Registers a connection of `user`.
+    /// Registers a plain-text connection of `user`; see [`Hub::register_as`].
+    pub fn register(self: &Arc<Self>, user: Arc<str>, greeting: Option<Bytes>) -> Registration {
+        self.register_as(Kind::Text, user, greeting)
+    }
+
+    /// Registers a connection of `user` speaking `kind`.
     ///
     /// `greeting` is queued before the connection becomes visible to any
     /// fan-out, so it is always the first frame the client receives.
-    pub fn register(self: &Arc<Self>, user: Arc<str>, greeting: Option<Bytes>) -> Registration {
+    pub fn register_as(
+        self: &Arc<Self>,
+        kind: Kind,
+        user: Arc<str>,
+        greeting: Option<Bytes>,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(self.queue_bound));
         outbox.touch(self.now_ms());
@@ -132,15 +254,19 @@ impl Hub {
         let conn = Conn {
             user: user.clone(),
             outbox: outbox.clone(),
+            kind,
         };
         write(&self.shards[shard(id)]).insert(id, conn);
-        self.add_to_user(user, id, outbox.clone());
+        self.add_to_user(user.clone(), id, outbox.clone(), kind);
         let now = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.connection_opened(now);
         Registration {
             hub: self.clone(),
             id,
+            user,
             outbox,
+            kind,
+            rooms: Vec::new(),
         }
     }
 
@@ -165,10 +291,10 @@ impl Hub {
 
     // The watcher is told while the user's shard is locked, so a Joined and
     // the Left that follows it can never be reported in the wrong order.
-    fn add_to_user(&self, user: Arc<str>, id: ConnId, outbox: Arc<Outbox>) {
+    fn add_to_user(&self, user: Arc<str>, id: ConnId, outbox: Arc<Outbox>, kind: Kind) {
         let mut users = write(self.user_shard(&user));
         let conns = users.entry(user.clone()).or_default();
-        conns.push((id, outbox));
+        conns.push((id, outbox, kind));
         if conns.len() == 1 {
             self.tell(Membership::Joined(user));
         }
@@ -179,11 +305,127 @@ impl Hub {
         let Some(conns) = users.get_mut(&user) else {
             return;
         };
-        conns.retain(|(conn, _)| *conn != id);
+        conns.retain(|(conn, _, _)| *conn != id);
         if conns.is_empty() {
             users.remove(&user);
             self.tell(Membership::Left(user));
         }
+    }
+
+    fn room_shard(&self, room: &str) -> &RwLock<RoomShard> {
+        &self.rooms[self.user_hasher.hash_one(room) as usize % SHARDS]
+    }
+
+    fn add_to_room(&self, room: Arc<str>, id: ConnId, user: &Arc<str>, outbox: &Arc<Outbox>) {
+        let arrived = {
+            let mut rooms = write(self.room_shard(&room));
+            let entry = rooms.entry(room.clone()).or_default();
+            entry.conns.push((id, outbox.clone()));
+            if entry.conns.len() == 1 {
+                self.tell(Membership::Opened(room.clone()));
+            }
+            let count = entry.users.entry(user.clone()).or_default();
+            *count += 1;
+            let arrived = *count == 1;
+            if arrived {
+                self.tell(Membership::Arrived {
+                    room: room.clone(),
+                    user: user.clone(),
+                    conn: id,
+                });
+            }
+            arrived
+        };
+        if arrived && self.watcher.is_none() {
+            let event = ServerMessage::PresenceJoin {
+                room: room.to_string(),
+                user: user.to_string(),
+                ts: now_ms(),
+            };
+            self.send_to_room(&room, &event.frame(), Some(id));
+        }
+    }
+
+    fn remove_from_room(&self, room: Arc<str>, id: ConnId, user: &Arc<str>) {
+        let departed = {
+            let mut rooms = write(self.room_shard(&room));
+            let Some(entry) = rooms.get_mut(&room) else {
+                return;
+            };
+            entry.conns.retain(|(conn, _)| *conn != id);
+            let departed = match entry.users.get_mut(user) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    entry.users.remove(user);
+                    self.tell(Membership::Departed {
+                        room: room.clone(),
+                        user: user.clone(),
+                    });
+                    true
+                }
+                None => false,
+            };
+            if entry.conns.is_empty() {
+                rooms.remove(&room);
+                self.tell(Membership::Closed(room.clone()));
+            }
+            departed
+        };
+        if departed && self.watcher.is_none() {
+            let event = ServerMessage::PresenceLeave {
+                room: room.to_string(),
+                user: user.to_string(),
+                ts: now_ms(),
+            };
+            self.send_to_room(&room, &event.frame(), None);
+        }
+    }
+
+    /// The users with a local connection in `room`.
+    pub fn room_users(&self, room: &str) -> Vec<Arc<str>> {
+        read(self.room_shard(room))
+            .get(room)
+            .map(|entry| entry.users.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every room with at least one local connection.
+    pub fn rooms(&self) -> Vec<Arc<str>> {
+        self.rooms
+            .iter()
+            .flat_map(|shard| read(shard).keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Every (room, user) pair present on this instance.
+    pub fn presences(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        self.rooms
+            .iter()
+            .flat_map(|shard| {
+                read(shard)
+                    .iter()
+                    .flat_map(|(room, entry)| {
+                        entry.users.keys().map(|user| (room.clone(), user.clone()))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Queues `frame` for every local member of `room` but `except`.
+    pub fn send_to_room(&self, room: &str, frame: &Bytes, except: Option<ConnId>) -> Fanout {
+        let started = Instant::now();
+        let mut fanout = Fanout::default();
+        if let Some(entry) = read(self.room_shard(room)).get(room) {
+            for (id, outbox) in entry.conns.iter().filter(|(id, _)| Some(*id) != except) {
+                fanout.record(outbox.push(frame.clone()), *id, room);
+            }
+        }
+        self.metrics.fanout(started.elapsed(), fanout.overflowed);
+        fanout
     }
 
     fn tell(&self, change: Membership) {
@@ -231,17 +473,34 @@ impl Hub {
         self.len() == 0
     }
 
-    /// Queues `frame` for every connection but `except`.
+    /// Queues `frame` for every plain-text connection but `except`: the
+    /// seeds' broadcasts, which JSON clients could not parse.
     pub fn broadcast(&self, frame: &Bytes, except: Option<ConnId>) -> Fanout {
-        self.fan_out(frame, |id, _| Some(id) != except)
+        self.fan_out(frame, |id, conn| {
+            Some(id) != except && conn.kind == Kind::Text
+        })
     }
 
-    /// Queues `frame` for every connection of `user`.
-    pub fn send_to_user(&self, user: &str, frame: &Bytes) -> Fanout {
+    /// Queues `frame` for every connection in `audience`.
+    pub fn broadcast_to(&self, audience: Audience, frame: &Bytes) -> Fanout {
+        self.fan_out(frame, |_, conn| audience.includes(conn.kind))
+    }
+
+    /// Sends the notification `text` to every connection of `user`: as is to
+    /// plain-text connections, as a `notification` message to JSON ones.
+    pub fn send_to_user(&self, user: &str, text: &str) -> Fanout {
         let started = Instant::now();
         let mut fanout = Fanout::default();
         if let Some(conns) = read(self.user_shard(user)).get(user) {
-            for (id, outbox) in conns {
+            let mut plain = None;
+            let mut json = None;
+            for (id, outbox, kind) in conns {
+                let frame = match kind {
+                    Kind::Text => plain.get_or_insert_with(|| protocol::text_frame(text)),
+                    Kind::Json => {
+                        json.get_or_insert_with(|| ServerMessage::notification(text).frame())
+                    }
+                };
                 fanout.record(outbox.push(frame.clone()), *id, user);
             }
         }
@@ -351,7 +610,7 @@ mod tests {
         let a = hub.register("a".into(), None);
         let b = hub.register("a".into(), None);
         assert_eq!(hub.len(), 2);
-        assert_eq!(hub.send_to_user("a", &Bytes::from_static(b"x")).queued, 2);
+        assert_eq!(hub.send_to_user("a", "x").queued, 2);
         drop(a);
         assert_eq!(hub.len(), 1);
         drop(b);

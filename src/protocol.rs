@@ -53,6 +53,9 @@ pub enum Close {
     /// 1008: the client sent more than `RATE_LIMIT` messages per second.
     /// Reconnect: yes, after a pause, and send less often.
     RateLimited,
+    /// 1008: a room client sent more invalid messages than the error budget
+    /// allows (bursts of 10, then one per second). Reconnect: fix the client.
+    Abuse,
     /// 1009: a message larger than `MAX_MESSAGE_SIZE`. Reconnect: send less.
     TooBig,
     /// 4000: the client sent no frame (not even a pong) for `IDLE_TIMEOUT`.
@@ -72,7 +75,7 @@ impl Close {
             Close::Protocol => 1002,
             Close::Unsupported => 1003,
             Close::InvalidPayload => 1007,
-            Close::RateLimited => 1008,
+            Close::RateLimited | Close::Abuse => 1008,
             Close::TooBig => 1009,
             Close::IdleTimeout => 4000,
             Close::SlowConsumer => 4008,
@@ -88,6 +91,7 @@ impl Close {
             Close::Unsupported => "binary frames are not supported",
             Close::InvalidPayload => "text is not valid UTF-8",
             Close::RateLimited => "rate limit exceeded",
+            Close::Abuse => "too many invalid messages",
             Close::TooBig => "message too big",
             Close::IdleTimeout => "idle timeout: no frame from the client",
             Close::SlowConsumer => "slow consumer: outbound queue full",

@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::app::{App, AppError};
 use crate::config::Config;
 use crate::http;
+use crate::hub::{Audience, Kind};
+use crate::message::{ServerMessage, now_ms};
 use crate::protocol;
 use crate::shutdown::{Outcome, Timing};
 
@@ -155,12 +157,17 @@ async fn notify_periodically(app: Arc<App>, period: Duration) {
 }
 
 /// Pings every client each `period`, through the hub: one shared frame and
-/// one timer for the whole server rather than a timer per connection. Goes
-/// on during a drain, so proxies keep waiting clients' connections open.
+/// one timer for the whole server rather than a timer per connection. JSON
+/// clients also get `{"type":"system.ping","ts":…}` (seed 003), encoded once
+/// per tick. Goes on during a drain, so proxies keep waiting clients'
+/// connections open.
 async fn heartbeat(app: Arc<App>, period: Duration, stop: CancellationToken) {
     let ping = protocol::ping_frame();
     every(period, stop.cancelled(), || {
-        app.hub.broadcast(&ping, None);
+        app.hub.broadcast_to(Audience::All, &ping);
+        let system_ping = ServerMessage::Ping { ts: now_ms() }.frame();
+        app.hub
+            .broadcast_to(Audience::Only(Kind::Json), &system_ping);
     })
     .await
 }

@@ -23,12 +23,29 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Chain};
 use tokio::time::timeout;
 
 use crate::app::App;
-use crate::hub::Registration;
+use crate::hub::{Kind, Registration};
+use crate::message::{ClientMessage, ErrorCode, ProtocolError, ServerMessage, now_ms};
 use crate::protocol::{self, Assembler, Close, Event, Inbound};
 use crate::shutdown::CLOSE_GRACE;
 
 /// At most this many frames go into one `writev` call (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
+/// Rooms one connection may be in at once.
+pub const MAX_ROOMS_PER_CONNECTION: usize = 64;
+/// Invalid messages a room client may send in a burst before it is closed
+/// with 1008 ...
+pub const ERROR_BURST: f64 = 10.0;
+/// ... and how many more per second it earns back.
+pub const ERROR_REFILL_PER_SEC: f64 = 1.0;
+
+/// The protocol a session speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The seeds' texts: greeting, `You said:`/`New message:`, broadcasts.
+    Text,
+    /// The typed JSON protocol, starting in this room.
+    Rooms(String),
+}
 
 /// Why the session loop ended.
 #[derive(Debug)]
@@ -42,21 +59,27 @@ enum Ending {
 }
 
 /// Serves one upgraded WebSocket for `user` until it closes.
-pub async fn run<R, W>(app: Arc<App>, reader: R, mut writer: W, user: Arc<str>)
+pub async fn run<R, W>(app: Arc<App>, reader: R, mut writer: W, user: Arc<str>, mode: Mode)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let registration = app
-        .hub
-        .register(user.clone(), Some(app.connected_frame.clone()));
+    let mut registration = match &mode {
+        Mode::Text => app
+            .hub
+            .register(user.clone(), Some(app.connected_frame.clone())),
+        Mode::Rooms(_) => app.hub.register_as(Kind::Json, user.clone(), None),
+    };
+    if let Mode::Rooms(room) = &mode {
+        join(&app, &mut registration, room).await;
+    }
     tracing::debug!(conn = registration.id(), %user, active = app.hub.len(), "client connected");
     let mut inbound = pin!(frames(reader, app.config.max_message_size));
 
     let mut pending = VecDeque::new();
     let ending = serve(
         &app,
-        &registration,
+        &mut registration,
         inbound.as_mut(),
         &mut writer,
         &mut pending,
@@ -74,7 +97,7 @@ where
 /// write was interrupted, which must go out before any close frame.
 async fn serve<S, W>(
     app: &App,
-    reg: &Registration,
+    reg: &mut Registration,
     mut inbound: std::pin::Pin<&mut S>,
     writer: &mut W,
     pending: &mut VecDeque<Bytes>,
@@ -83,9 +106,16 @@ where
     S: Stream<Item = Result<Inbound, WebSocketError>>,
     W: AsyncWrite + Unpin,
 {
-    let outbox = reg.outbox();
+    let outbox = reg.outbox().clone();
+    let outbox = &outbox;
     let mut assembler = Assembler::new(app.config.max_message_size);
-    let mut budget = Budget::new(app.config.rate_limit);
+    let rate = f64::from(app.config.rate_limit);
+    let mut budget = Budget::new(rate, rate);
+    let mut errors = Budget::new(ERROR_REFILL_PER_SEC, ERROR_BURST);
+    let shutdown_frame = match reg.kind() {
+        Kind::Text => app.shutdown_frame.clone(),
+        Kind::Json => app.shutdown_json_frame.clone(),
+    };
     let mut notified = false;
     // Created once and pinned: re-creating these futures on every wake-up
     // re-registered their waiters each time (seen in the fan-out profile).
@@ -101,7 +131,7 @@ where
             _ = &mut forced => return Ending::Close(Close::GoingAway),
             _ = &mut draining, if !notified => {
                 notified = true;
-                outbox.push(app.shutdown_frame.clone());
+                outbox.push(shutdown_frame.clone());
             }
             _ = &mut ready => {
                 // A push between here and the next poll leaves a permit.
@@ -120,10 +150,14 @@ where
                     Some(Err(err)) => return read_failed(&err),
                     None => return Ending::Gone,
                 };
-                                if matches!(event, Event::Text(_) | Event::Ping(_)) && !budget.spend() {
+                if matches!(event, Event::Text(_) | Event::Ping(_)) && !budget.spend() {
                     return Ending::Close(Close::RateLimited);
                 }
-                if let Some(ending) = on_event(app, reg, event) {
+                let ending = match (event, reg.kind()) {
+                    (Event::Text(text), Kind::Json) => on_message(app, reg, &text, &mut errors).await,
+                    (event, _) => on_event(app, reg, event),
+                };
+                if let Some(ending) = ending {
                     return ending;
                 }
             }
@@ -151,20 +185,109 @@ fn on_event(app: &App, reg: &Registration, event: Event) -> Option<Ending> {
     }
 }
 
-/// A token bucket over the client's messages: `rate` per second, bursts of
-/// `rate`. A rate of 0 never runs out.
+/// Acts on one message of the JSON protocol; `Some` ends the session. A bad
+/// message is answered with `system.error` and spends the error budget.
+async fn on_message(
+    app: &App,
+    reg: &mut Registration,
+    text: &str,
+    errors: &mut Budget,
+) -> Option<Ending> {
+    app.metrics.message_received();
+    let refused = match ClientMessage::decode(text, app.config.max_text_length) {
+        Err(err) => err,
+        Ok(message) => match act(app, reg, message).await {
+            Ok(()) => return None,
+            Err(err) => err,
+        },
+    };
+    tracing::debug!(
+        conn = reg.id(),
+        code = refused.code.as_str(),
+        "refused a message"
+    );
+    reg.outbox().push(refused.to_message().frame());
+    (!errors.spend()).then_some(Ending::Close(Close::Abuse))
+}
+
+/// Carries out one valid client message.
+async fn act(
+    app: &App,
+    reg: &mut Registration,
+    message: ClientMessage,
+) -> Result<(), ProtocolError> {
+    match message {
+        ClientMessage::ChatMessage { room, text } => {
+            if !reg.is_in(&room) {
+                return Err(not_in(&room));
+            }
+            let delivery = ServerMessage::delivery(&room, reg.user(), &text);
+            app.broker.publish_room(&room, &delivery.encode(), None);
+        }
+        ClientMessage::RoomJoin { room } => {
+            if !reg.is_in(&room) && reg.rooms().len() >= MAX_ROOMS_PER_CONNECTION {
+                return Err(ProtocolError::new(
+                    ErrorCode::TooManyRooms,
+                    format!("a connection may be in at most {MAX_ROOMS_PER_CONNECTION} rooms"),
+                ));
+            }
+            join(app, reg, &room).await;
+        }
+        ClientMessage::RoomLeave { room } => {
+            if !reg.leave(&room) {
+                return Err(not_in(&room));
+            }
+            reg.outbox().push(ServerMessage::Left { room }.frame());
+        }
+        ClientMessage::Ping { ts } => {
+            let ts = ts.unwrap_or_else(now_ms);
+            reg.outbox().push(ServerMessage::Pong { ts }.frame());
+        }
+        ClientMessage::Pong { .. } => {}
+    }
+    Ok(())
+}
+
+fn not_in(room: &str) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::NotInRoom,
+        format!("not in room {room:?}: send room.join first"),
+    )
+}
+
+/// Puts the connection in `room` and sends it `room.joined` with the room's
+/// members. The roster is queued before the connection enters the room, so
+/// it precedes every message of that room. Joining a room again only
+/// re-sends the roster.
+async fn join(app: &App, reg: &mut Registration, room: &str) {
+    let (mut users, _) = app.broker.presence(room).await;
+    if !users.iter().any(|u| **u == **reg.user()) {
+        users.push(reg.user().to_string());
+        users.sort();
+    }
+    let joined = ServerMessage::Joined {
+        room: room.to_owned(),
+        users,
+    };
+    reg.outbox().push(joined.frame());
+    reg.join(room);
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up. A
+/// rate of 0 never runs out.
 struct Budget {
     rate: f64,
+    burst: f64,
     tokens: f64,
     refilled: std::time::Instant,
 }
 
 impl Budget {
-    fn new(rate: u32) -> Self {
-        let rate = f64::from(rate);
+    fn new(rate: f64, burst: f64) -> Self {
         Budget {
             rate,
-            tokens: rate,
+            burst,
+            tokens: burst,
             refilled: std::time::Instant::now(),
         }
     }
@@ -176,7 +299,7 @@ impl Budget {
         }
         let now = std::time::Instant::now();
         let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.rate);
+        self.tokens = (self.tokens + earned).min(self.burst);
         self.refilled = now;
         if self.tokens < 1.0 {
             return false;

@@ -1,11 +1,12 @@
-//! `GET /ws` and `GET /ws/{client_id}`: checks, the 101 answer (built by
-//! fastwebsockets), and the hand-over of the upgraded socket to a tracked
-//! session task.
+//! `GET /ws`, `GET /ws/{client_id}` and `GET /ws/rooms/{room}`: checks, the
+//! 101 answer (built by fastwebsockets), and the hand-over of the upgraded
+//! socket to a tracked session task.
 //!
 //! The checks run in this order, each answering before anything is upgraded:
 //! draining (503), not an upgrade (426), `Origin` not allowed (403), token
-//! missing or invalid (401), `client_id` other than the token's `sub` (403),
-//! `client_id` too long or a bad handshake (400/426).
+//! missing or invalid (401), `client_id` (or a room's `?user=`) other than
+//! the token's `sub` (403), `client_id` too long, a bad room name or a bad
+//! handshake (400/426).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -19,16 +20,22 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::app::App;
-use crate::auth::Refusal;
+use crate::auth::{Refusal, query_param};
 use crate::http::{MAX_CLIENT_ID, ResponseBody, error, retry_after, unauthorized};
-use crate::session;
+use crate::message::{MAX_ROOM_NAME, valid_room};
+use crate::session::{self, Mode};
+
+/// What a WebSocket request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `/ws` or `/ws/{client_id}`: the seeds' plain-text protocol.
+    Plain(Option<String>),
+    /// `/ws/rooms/{room}`: the JSON protocol, starting in `room`.
+    Room(String),
+}
 
 /// Answers an upgrade request and, on success, starts its session.
-pub fn websocket<B>(
-    app: &Arc<App>,
-    mut req: Request<B>,
-    client_id: Option<String>,
-) -> Response<ResponseBody> {
+pub fn websocket<B>(app: &Arc<App>, mut req: Request<B>, target: Target) -> Response<ResponseBody> {
     if app.shutdown.is_draining() {
         let mut res = error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -46,6 +53,12 @@ pub fn websocket<B>(
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return res;
     }
+    // A room connection may name its user with `?user=` when tokens are off;
+    // with tokens on, the name must be the token's `sub`.
+    let (client_id, mode) = match target {
+        Target::Plain(client_id) => (client_id, Mode::Text),
+        Target::Room(room) => (query_param(req.uri(), "user"), Mode::Rooms(room)),
+    };
     let admission = match app
         .auth
         .admit(req.uri(), req.headers(), client_id.as_deref())
@@ -60,6 +73,14 @@ pub fn websocket<B>(
         return error(
             StatusCode::BAD_REQUEST,
             &format!("client_id longer than {MAX_CLIENT_ID} bytes"),
+        );
+    }
+    if let Mode::Rooms(room) = &mode
+        && !valid_room(room)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid room name: 1 to {MAX_ROOM_NAME} letters, digits or _ - . : @"),
         );
     }
     let (mut res, upgrading) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -80,7 +101,7 @@ pub fn websocket<B>(
     let app_for_session = app.clone();
     app.shutdown.spawn_session(async move {
         match upgrading.await {
-            Ok(ws) => serve(app_for_session, ws.into_inner().into_inner(), user).await,
+            Ok(ws) => serve(app_for_session, ws.into_inner().into_inner(), user, mode).await,
             Err(err) => tracing::debug!(%err, "upgrade did not complete"),
         }
     });
@@ -89,7 +110,7 @@ pub fn websocket<B>(
 
 /// Runs the session on the raw TCP stream when hyper gives it back, so reads
 /// and writes go straight to the socket halves without a shared lock.
-async fn serve(app: Arc<App>, upgraded: Upgraded, user: Arc<str>) {
+async fn serve(app: Arc<App>, upgraded: Upgraded, user: Arc<str>, mode: Mode) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let mut tcp = parts.io.into_inner();
@@ -101,11 +122,11 @@ async fn serve(app: Arc<App>, upgraded: Upgraded, user: Arc<str>) {
             let early = Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
             let read = Cursor::new(early).chain(read);
-            session::run(app, read, write, user).await
+            session::run(app, read, write, user, mode).await
         }
         Err(upgraded) => {
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            session::run(app, read, write, user).await
+            session::run(app, read, write, user, mode).await
         }
     }
 }

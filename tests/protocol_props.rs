@@ -42,19 +42,21 @@ fn documented(close: Close) -> (u16, &'static str) {
         Close::Unsupported => (1003, "binary frames are not supported"),
         Close::InvalidPayload => (1007, "text is not valid UTF-8"),
         Close::RateLimited => (1008, "rate limit exceeded"),
+        Close::Abuse => (1008, "too many invalid messages"),
         Close::TooBig => (1009, "message too big"),
         Close::IdleTimeout => (4000, "idle timeout: no frame from the client"),
         Close::SlowConsumer => (4008, "slow consumer: outbound queue full"),
     }
 }
 
-const ALL_CLOSES: [Close; 9] = [
+const ALL_CLOSES: [Close; 10] = [
     Close::Normal,
     Close::GoingAway,
     Close::Protocol,
     Close::Unsupported,
     Close::InvalidPayload,
     Close::RateLimited,
+    Close::Abuse,
     Close::TooBig,
     Close::IdleTimeout,
     Close::SlowConsumer,

@@ -23,8 +23,26 @@ impl MemoryBroker {
         self.hub.broadcast(&protocol::text_frame(text), except)
     }
 
+    /// Sends `text` to every local member of `room` but `except`.
+    pub fn publish_room(&self, room: &str, text: &str, except: Option<ConnId>) -> Fanout {
+        self.hub
+            .send_to_room(room, &protocol::text_frame(text), except)
+    }
+
+    /// The users in `room`, sorted.
+    pub fn presence(&self, room: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .hub
+            .room_users(room)
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        users.sort();
+        users
+    }
+
     /// Sends `text` to every local connection of `user`.
     pub fn notify(&self, user: &str, text: &str) -> Fanout {
-        self.hub.send_to_user(user, &protocol::text_frame(text))
+        self.hub.send_to_user(user, text)
     }
 }

@@ -68,6 +68,24 @@ impl Broker {
         }
     }
 
+    /// Sends `text` (a JSON message) to every member of `room` on every
+    /// instance but the local connection `except`. Never waits.
+    pub fn publish_room(&self, room: &str, text: &str, except: Option<ConnId>) -> Fanout {
+        match self {
+            Broker::Memory(memory) => memory.publish_room(room, text, except),
+            Broker::Redis(redis) => redis.publish_room(room, text, except),
+        }
+    }
+
+    /// The users present in `room`, sorted, and whether only this
+    /// instance's are known (Redis unreachable).
+    pub async fn presence(&self, room: &str) -> (Vec<String>, bool) {
+        match self {
+            Broker::Memory(memory) => (memory.presence(room), false),
+            Broker::Redis(redis) => redis.presence(room).await,
+        }
+    }
+
     /// Sends `text` to every connection of `user` on every instance.
     pub async fn notify(&self, user: &str, text: &str) -> Notified {
         match self {

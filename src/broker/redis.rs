@@ -13,6 +13,16 @@
 //! Per-user notifications are published raw, exactly what any external
 //! publisher (`redis-cli PUBLISH notifications:42 …`) sends, and delivered
 //! from the subscription; while Redis is down they reach local clients only.
+//!
+//! Rooms work like broadcasts on `rooms:{room}`, subscribed while this
+//! instance holds a member. Presence lives in Redis with a TTL (seed 003):
+//! `wsnotify:presence:{room}` is a sorted set of users scored by the time
+//! their entry expires, and `wsnotify:presence-of:{len}:{room}:{user}` the
+//! instances holding that user, scored the same way. Lua scripts keep the
+//! two consistent and decide, atomically, who sends `presence.join` (the
+//! first instance to hold the user) and `presence.leave` (the last to let
+//! go, or the first to notice an expired entry). Times come from Redis'
+//! `TIME`, so instance clocks need not agree.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Notified;
 use crate::config::Config;
 use crate::hub::{ConnId, Fanout, Hub, Membership};
+use crate::message::{ServerMessage, now_ms};
 use crate::metrics::Metrics;
 use crate::protocol;
 
@@ -40,6 +51,81 @@ pub const BROADCAST_CHANNEL: &str = "websocket:broadcast";
 pub const NOTIFY_PREFIX: &str = "notifications:";
 /// Prefix of the per-instance connection-count keys.
 pub const COUNT_PREFIX: &str = "wsnotify:connections:";
+/// Prefix of the room channels: `rooms:{room}`.
+pub const ROOM_PREFIX: &str = "rooms:";
+/// Prefix of the presence sets: `wsnotify:presence:{room}`.
+pub const PRESENCE_PREFIX: &str = "wsnotify:presence:";
+/// Presence pairs refreshed per script call.
+const PRESENCE_CHUNK: usize = 256;
+
+/// Adds or refreshes this instance's presence entries. ARGV: instance,
+/// ttl_ms, then room/user pairs. Returns the pairs that nobody held before
+/// (to announce with `presence.join`) and the pairs of the same rooms whose
+/// entries expired (to announce with `presence.leave`).
+const REFRESH_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local deadline = now + ttl
+local arrived, departed, rooms = {}, {}, {}
+for i = 3, #ARGV, 2 do
+  local room, user = ARGV[i], ARGV[i + 1]
+  local rk = 'wsnotify:presence:' .. room
+  local uk = 'wsnotify:presence-of:' .. string.len(room) .. ':' .. room .. ':' .. user
+  redis.call('ZREMRANGEBYSCORE', uk, '-inf', now)
+  local before = redis.call('ZCARD', uk)
+  redis.call('ZADD', uk, deadline, ARGV[1])
+  redis.call('PEXPIRE', uk, ttl)
+  local score = redis.call('ZSCORE', rk, user)
+  if (not score) or tonumber(score) < deadline then
+    redis.call('ZADD', rk, deadline, user)
+  end
+  redis.call('PEXPIRE', rk, ttl)
+  if before == 0 then
+    arrived[#arrived + 1] = room
+    arrived[#arrived + 1] = user
+  end
+  rooms[room] = true
+end
+for room in pairs(rooms) do
+  local rk = 'wsnotify:presence:' .. room
+  local gone = redis.call('ZRANGEBYSCORE', rk, '-inf', now)
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', rk, '-inf', now)
+    for _, user in ipairs(gone) do
+      departed[#departed + 1] = room
+      departed[#departed + 1] = user
+    end
+  end
+end
+return {arrived, departed}
+";
+
+/// Removes this instance's entry for a room/user. ARGV: instance, room,
+/// user. Returns 1 when no instance holds the user any more (announce
+/// `presence.leave`), else 0.
+const LEAVE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local room, user = ARGV[2], ARGV[3]
+local rk = 'wsnotify:presence:' .. room
+local uk = 'wsnotify:presence-of:' .. string.len(room) .. ':' .. room .. ':' .. user
+redis.call('ZREM', uk, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', uk, '-inf', now)
+local top = redis.call('ZRANGE', uk, -1, -1, 'WITHSCORES')
+if #top == 0 then
+  return redis.call('ZREM', rk, user)
+end
+redis.call('ZADD', rk, top[2], user)
+return 0
+";
+
+/// The users present in a room. ARGV: room.
+const LIST_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', 'wsnotify:presence:' .. ARGV[1], '(' .. now, '+inf')
+";
 /// First reconnect delay after a failure; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnect delay, so a restarted Redis is found within seconds.
@@ -70,6 +156,10 @@ pub struct Settings {
     /// Period of the link check and the count refresh; the count key lives
     /// twice as long, so a killed instance leaves the total within two periods.
     pub refresh: Duration,
+    /// Life of a presence entry that is not refreshed.
+    pub presence_ttl: Duration,
+    /// Period of the presence refresh.
+    pub presence_refresh: Duration,
 }
 
 impl Settings {
@@ -80,6 +170,8 @@ impl Settings {
             instance: uuid::Uuid::new_v4().to_string(),
             timeout: config.redis_timeout,
             refresh: config.redis_refresh_interval,
+            presence_ttl: config.presence_ttl,
+            presence_refresh: config.presence_refresh(),
         }
     }
 
@@ -131,8 +223,11 @@ pub struct RedisBroker {
     /// cheap and shares one socket; the lock is held only to clone or swap.
     conn: Mutex<Option<MultiplexedConnection>>,
     health: Mutex<Health>,
-    /// Broadcast envelopes for the publisher task.
-    outgoing: mpsc::Sender<String>,
+    /// (channel, envelope) pairs for the publisher task.
+    outgoing: mpsc::Sender<(String, String)>,
+    refresh_script: redis::Script,
+    leave_script: redis::Script,
+    list_script: redis::Script,
     /// A command that failed asks the supervisor to check the link now.
     suspect: Notify,
     stop: CancellationToken,
@@ -172,6 +267,9 @@ impl RedisBroker {
                 ..Health::default()
             }),
             outgoing,
+            refresh_script: redis::Script::new(REFRESH_SCRIPT),
+            leave_script: redis::Script::new(LEAVE_SCRIPT),
+            list_script: redis::Script::new(LIST_SCRIPT),
             suspect: Notify::new(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -189,18 +287,65 @@ impl RedisBroker {
     /// Delivers locally, then queues the cross-instance publish.
     pub fn broadcast(&self, text: &str, except: Option<ConnId>) -> Fanout {
         let fanout = self.hub.broadcast(&protocol::text_frame(text), except);
-        if self.is_up() {
-            let envelope = Envelope {
-                sender_id: except.map(|id| format!("{}:{id}", self.settings.instance)),
-                message: text.to_owned(),
-                origin: Some(self.settings.instance.clone()),
-            };
-            let json = serde_json::to_string(&envelope).unwrap_or_default();
-            if self.outgoing.try_send(json).is_err() {
-                self.metrics.broker_dropped(1);
-            }
-        }
+        self.enqueue(BROADCAST_CHANNEL.to_owned(), text, except);
         fanout
+    }
+
+    /// Delivers a room message locally, then queues its publish on
+    /// `rooms:{room}`.
+    pub fn publish_room(&self, room: &str, text: &str, except: Option<ConnId>) -> Fanout {
+        let fanout = self
+            .hub
+            .send_to_room(room, &protocol::text_frame(text), except);
+        self.enqueue(format!("{ROOM_PREFIX}{room}"), text, except);
+        fanout
+    }
+
+    /// Queues `text` in an envelope for `channel`, if Redis is up.
+    fn enqueue(&self, channel: String, text: &str, except: Option<ConnId>) {
+        if !self.is_up() {
+            return;
+        }
+        let envelope = Envelope {
+            sender_id: except.map(|id| format!("{}:{id}", self.settings.instance)),
+            message: text.to_owned(),
+            origin: Some(self.settings.instance.clone()),
+        };
+        let json = serde_json::to_string(&envelope).unwrap_or_default();
+        if self.outgoing.try_send((channel, json)).is_err() {
+            self.metrics.broker_dropped(1);
+        }
+    }
+
+    /// The users present in `room` on every instance, and whether Redis was
+    /// unreachable (then only this instance's are known).
+    pub async fn presence(&self, room: &str) -> (Vec<String>, bool) {
+        let mut users: Vec<String> = self
+            .hub
+            .room_users(room)
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        let listed = match self.command_connection() {
+            Some(mut conn) => {
+                let mut invocation = self.list_script.prepare_invoke();
+                invocation.arg(room);
+                let list = invocation.invoke_async::<Vec<String>>(&mut conn);
+                match timeout(self.settings.timeout, list).await {
+                    Ok(Ok(listed)) => Some(listed),
+                    _ => {
+                        self.suspect.notify_one();
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let degraded = listed.is_none();
+        users.extend(listed.unwrap_or_default());
+        users.sort();
+        users.dedup();
+        (users, degraded)
     }
 
     /// Publishes to `notifications:{user}`; while Redis is unreachable the
@@ -227,7 +372,7 @@ impl RedisBroker {
             }
             self.suspect.notify_one();
         }
-        let fanout = self.hub.send_to_user(user, &protocol::text_frame(text));
+        let fanout = self.hub.send_to_user(user, text);
         Notified {
             instances: usize::from(fanout.queued > 0),
             degraded: true,
@@ -368,10 +513,17 @@ impl RedisBroker {
                 .iter()
                 .map(|user| format!("{NOTIFY_PREFIX}{user}")),
         );
+        channels.extend(
+            self.hub
+                .rooms()
+                .iter()
+                .map(|room| format!("{ROOM_PREFIX}{room}")),
+        );
         for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
             sink.subscribe(chunk).await?;
         }
         self.refresh_count(&mut conn).await?;
+        self.refresh_presence(&mut conn).await?;
         Ok(Link {
             conn,
             sink,
@@ -394,12 +546,24 @@ impl RedisBroker {
         } = link;
         let mut check = tokio::time::interval(self.settings.refresh);
         check.tick().await; // the first tick is immediate; connect just checked
+        let mut presence = tokio::time::interval(self.settings.presence_refresh);
+        presence.tick().await;
         loop {
             let result = tokio::select! {
                 _ = self.stop.cancelled() => {
-                    let mut del = redis::cmd("DEL");
-                    del.arg(self.settings.count_key());
-                    let _ = timeout(self.settings.timeout, del.query_async::<()>(&mut conn)).await;
+                    // Sessions have ended: withdraw their presence, then the count.
+                    let last = async {
+                        while let Ok(change) = memberships.try_recv() {
+                            if let Membership::Departed { room, user } = change {
+                                self.depart(&mut conn, &room, &user).await?;
+                            }
+                        }
+                        redis::cmd("DEL")
+                            .arg(self.settings.count_key())
+                            .query_async::<()>(&mut conn)
+                            .await
+                    };
+                    let _ = timeout(self.settings.timeout * 2, last).await;
                     return None;
                 }
                 message = stream.next() => match message {
@@ -409,8 +573,15 @@ impl RedisBroker {
                     }
                     None => return Some("the subscription connection closed".to_owned()),
                 },
-                Some(change) = memberships.recv() => self.follow(&mut sink, change).await,
+                Some(change) = memberships.recv() => self.follow(&mut sink, &mut conn, change).await,
                 _ = check.tick() => self.check(&mut sink, &mut conn).await,
+                _ = presence.tick() => {
+                    match timeout(self.settings.timeout, self.refresh_presence(&mut conn)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(_) => Err("presence refresh timed out".to_owned()),
+                    }
+                }
                 _ = self.suspect.notified() => self.check(&mut sink, &mut conn).await,
             };
             if let Err(why) = result {
@@ -419,20 +590,125 @@ impl RedisBroker {
         }
     }
 
-    /// Subscribes to a user's channel on their first local connection and
-    /// unsubscribes after their last.
-    async fn follow(&self, sink: &mut PubSubSink, change: Membership) -> Result<(), String> {
+    /// Follows a change of the hub: subscribes to a user's or room's channel
+    /// on their first local connection and unsubscribes after their last;
+    /// records presence arrivals and departures.
+    async fn follow(
+        &self,
+        sink: &mut PubSubSink,
+        conn: &mut MultiplexedConnection,
+        change: Membership,
+    ) -> Result<(), String> {
         let command = async {
             match change {
                 Membership::Joined(user) => sink.subscribe(format!("{NOTIFY_PREFIX}{user}")).await,
                 Membership::Left(user) => sink.unsubscribe(format!("{NOTIFY_PREFIX}{user}")).await,
+                Membership::Opened(room) => sink.subscribe(format!("{ROOM_PREFIX}{room}")).await,
+                Membership::Closed(room) => sink.unsubscribe(format!("{ROOM_PREFIX}{room}")).await,
+                Membership::Arrived {
+                    room,
+                    user,
+                    conn: id,
+                } => self.arrive(conn, &room, &user, id).await,
+                Membership::Departed { room, user } => self.depart(conn, &room, &user).await,
             }
         };
         match timeout(self.settings.timeout, command).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err("SUBSCRIBE timed out".to_owned()),
+            Err(_) => Err("a Redis command timed out".to_owned()),
         }
+    }
+
+    /// Records that `user` is in `room` here; announces them if no instance
+    /// held them (`conn`, the arriving connection, already has its roster).
+    async fn arrive(
+        &self,
+        conn: &mut MultiplexedConnection,
+        room: &str,
+        user: &str,
+        id: ConnId,
+    ) -> redis::RedisResult<()> {
+        let (arrived, _) = self.run_refresh(conn, &[(room, user)]).await?;
+        if !arrived.is_empty() {
+            self.announce_join(room, user, Some(id));
+        }
+        Ok(())
+    }
+
+    /// Withdraws this instance's presence of `user` in `room`; announces the
+    /// departure if no other instance holds them.
+    async fn depart(
+        &self,
+        conn: &mut MultiplexedConnection,
+        room: &str,
+        user: &str,
+    ) -> redis::RedisResult<()> {
+        let gone: i64 = self
+            .leave_script
+            .arg(&self.settings.instance)
+            .arg(room)
+            .arg(user)
+            .invoke_async(conn)
+            .await?;
+        if gone == 1 {
+            self.announce_leave(room, user);
+        }
+        Ok(())
+    }
+
+    /// Refreshes every presence entry this instance holds, announcing users
+    /// who had expired (a Redis outage) and, in the same rooms, users whose
+    /// instance stopped refreshing them.
+    async fn refresh_presence(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let pairs = self.hub.presences();
+        for chunk in pairs.chunks(PRESENCE_CHUNK) {
+            let chunk: Vec<(&str, &str)> = chunk.iter().map(|(r, u)| (&**r, &**u)).collect();
+            let (arrived, departed) = self.run_refresh(conn, &chunk).await?;
+            for pair in arrived.chunks_exact(2) {
+                self.announce_join(&pair[0], &pair[1], None);
+            }
+            for pair in departed.chunks_exact(2) {
+                tracing::debug!(room = %pair[0], user = %pair[1], "presence expired");
+                self.announce_leave(&pair[0], &pair[1]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the refresh script over `pairs`: (arrived, departed), each a
+    /// flat list of room, user.
+    async fn run_refresh(
+        &self,
+        conn: &mut MultiplexedConnection,
+        pairs: &[(&str, &str)],
+    ) -> redis::RedisResult<(Vec<String>, Vec<String>)> {
+        let mut invocation = self.refresh_script.prepare_invoke();
+        invocation
+            .arg(&self.settings.instance)
+            .arg(self.settings.presence_ttl.as_millis().max(1) as u64);
+        for (room, user) in pairs {
+            invocation.arg(*room).arg(*user);
+        }
+        invocation.invoke_async(conn).await
+    }
+
+    fn announce_join(&self, room: &str, user: &str, except: Option<ConnId>) {
+        let event = ServerMessage::PresenceJoin {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            ts: now_ms(),
+        };
+        self.publish_room(room, &event.encode(), except);
+    }
+
+    fn announce_leave(&self, room: &str, user: &str) {
+        let event = ServerMessage::PresenceLeave {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            ts: now_ms(),
+        };
+        self.publish_room(room, &event.encode(), None);
     }
 
     /// Pings the subscriber (a paused Redis answers nothing) and refreshes
@@ -480,12 +756,23 @@ impl RedisBroker {
             self.hub.broadcast(&protocol::text_frame(&text), None);
         } else if let Some(user) = channel.strip_prefix(NOTIFY_PREFIX) {
             let text = String::from_utf8_lossy(payload);
-            self.hub.send_to_user(user, &protocol::text_frame(&text));
+            self.hub.send_to_user(user, &text);
+        } else if let Some(room) = channel.strip_prefix(ROOM_PREFIX) {
+            let text = match serde_json::from_slice::<Envelope>(payload) {
+                Ok(envelope) if envelope.origin.as_deref() == Some(&self.settings.instance) => {
+                    return;
+                }
+                Ok(envelope) => envelope.message,
+                // A raw message from another publisher goes out as it is.
+                Err(_) => String::from_utf8_lossy(payload).into_owned(),
+            };
+            self.hub
+                .send_to_room(room, &protocol::text_frame(&text), None);
         }
     }
 
     /// Sends queued broadcast envelopes, pipelined in batches.
-    async fn publish(self: Arc<Self>, mut queue: mpsc::Receiver<String>) {
+    async fn publish(self: Arc<Self>, mut queue: mpsc::Receiver<(String, String)>) {
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         loop {
             let received = tokio::select! {
@@ -498,11 +785,8 @@ impl RedisBroker {
             let sent = match self.command_connection() {
                 Some(mut conn) => {
                     let mut pipe = redis::pipe();
-                    for envelope in &batch {
-                        pipe.cmd("PUBLISH")
-                            .arg(BROADCAST_CHANNEL)
-                            .arg(envelope)
-                            .ignore();
+                    for (channel, envelope) in &batch {
+                        pipe.cmd("PUBLISH").arg(channel).arg(envelope).ignore();
                     }
                     matches!(
                         timeout(self.settings.timeout, pipe.query_async::<()>(&mut conn)).await,

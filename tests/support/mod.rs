@@ -380,3 +380,36 @@ pub async fn wait_for_connections(addr: SocketAddr, n: u64) {
 pub async fn shutdown_write(raw: &mut RawWs) {
     let _ = raw.stream.shutdown().await;
 }
+
+/// Joins `room` as `user` over `/ws/rooms/{room}?user=` (a server without
+/// tokens) and returns the socket with the `room.joined` roster.
+pub async fn join_room(addr: SocketAddr, room: &str, user: &str) -> (Ws, Vec<String>) {
+    let mut ws = connect_raw(addr, &format!("/ws/rooms/{room}?user={user}")).await;
+    match next_json(&mut ws).await {
+        wsnotify::message::ServerMessage::Joined {
+            room: joined,
+            users,
+        } => {
+            assert_eq!(joined, room);
+            (ws, users)
+        }
+        other => panic!("expected room.joined, got {other:?}"),
+    }
+}
+
+/// The next JSON-protocol message, skipping `system.ping` heartbeats.
+pub async fn next_json(ws: &mut Ws) -> wsnotify::message::ServerMessage {
+    loop {
+        let text = next_text(ws).await;
+        let message = wsnotify::message::ServerMessage::decode(&text)
+            .unwrap_or_else(|err| panic!("not a server message ({err}): {text}"));
+        if !matches!(message, wsnotify::message::ServerMessage::Ping { .. }) {
+            return message;
+        }
+    }
+}
+
+/// Sends a client message of the JSON protocol.
+pub async fn send_json(ws: &mut Ws, message: &wsnotify::message::ClientMessage) {
+    send(ws, &message.encode()).await;
+}
