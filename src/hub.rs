@@ -641,6 +641,99 @@ mod tests {
         assert!(hub.users().is_empty());
     }
 
+    fn texts(reg: &Registration) -> Vec<String> {
+        drained(reg)
+            .iter()
+            .map(|frame| String::from_utf8_lossy(&frame[2..]).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn rooms_reach_their_members_and_announce_presence_in_memory_mode() {
+        let hub = hub(8);
+        let mut a = hub.register_as(Kind::Json, "a".into(), None);
+        let mut b = hub.register_as(Kind::Json, "b".into(), None);
+        let mut b2 = hub.register_as(Kind::Json, "b".into(), None);
+        assert!(a.join("r"));
+        assert!(!a.join("r"), "joining twice is a no-op");
+        b.join("r");
+        b2.join("r");
+        assert_eq!(
+            texts(&b),
+            Vec::<String>::new(),
+            "no presence.join about oneself"
+        );
+        let heard = texts(&a);
+        assert_eq!(
+            heard.len(),
+            1,
+            "b's second connection is not a new arrival: {heard:?}"
+        );
+        assert!(heard[0].contains(r#""type":"presence.join","room":"r","user":"b""#));
+        let mut users = hub.room_users("r");
+        users.sort();
+        assert_eq!(users, [Arc::from("a"), Arc::from("b")]);
+
+        let fanout = hub.send_to_room("r", &protocol::text_frame("x"), Some(a.id()));
+        assert_eq!(fanout.queued, 2);
+        drained(&b);
+        drained(&b2);
+        drop(b);
+        assert_eq!(texts(&a), Vec::<String>::new(), "b is still present via b2");
+        assert!(b2.leave("r"));
+        assert!(!b2.leave("r"));
+        let heard = texts(&a);
+        assert!(heard[0].contains(r#""type":"presence.leave","room":"r","user":"b""#));
+        drop(a);
+        assert!(hub.rooms().is_empty());
+        assert!(hub.presences().is_empty());
+    }
+
+    #[test]
+    fn the_watcher_hears_rooms_open_and_close_and_presence_change() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub::new(4, Arc::new(Metrics::new())).with_watcher(tx));
+        let mut a = hub.register_as(Kind::Json, "a".into(), None);
+        let id = a.id();
+        a.join("r");
+        drop(a);
+        let heard: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(
+            heard,
+            [
+                Membership::Joined("a".into()),
+                Membership::Opened("r".into()),
+                Membership::Arrived {
+                    room: "r".into(),
+                    user: "a".into(),
+                    conn: id
+                },
+                Membership::Departed {
+                    room: "r".into(),
+                    user: "a".into()
+                },
+                Membership::Closed("r".into()),
+                Membership::Left("a".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn plain_broadcasts_skip_json_connections_and_notifications_are_wrapped() {
+        let hub = hub(4);
+        let text = hub.register("u".into(), None);
+        let json = hub.register_as(Kind::Json, "u".into(), None);
+        assert_eq!(hub.broadcast(&protocol::text_frame("t"), None).queued, 1);
+        let ping = protocol::ping_frame();
+        assert_eq!(hub.broadcast_to(Audience::All, &ping).queued, 2);
+        assert_eq!(hub.send_to_user("u", "hello").queued, 2);
+        assert_eq!(texts(&text).last().unwrap(), "hello");
+        assert_eq!(
+            texts(&json).last().unwrap(),
+            r#"{"type":"notification","data":"hello"}"#
+        );
+    }
+
     #[test]
     fn a_full_queue_overflows_only_that_connection() {
         let hub = hub(1);

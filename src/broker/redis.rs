@@ -745,29 +745,31 @@ impl RedisBroker {
         let payload = message.get_payload_bytes();
         let channel = message.get_channel_name();
         if channel == BROADCAST_CHANNEL {
-            let text = match serde_json::from_slice::<Envelope>(payload) {
-                Ok(envelope) if envelope.origin.as_deref() == Some(&self.settings.instance) => {
-                    return;
-                }
-                Ok(envelope) => envelope.message,
-                // Raw text (seed 000 accepts both).
-                Err(_) => String::from_utf8_lossy(payload).into_owned(),
-            };
-            self.hub.broadcast(&protocol::text_frame(&text), None);
+            // The seed's envelope has no `origin`; raw text is accepted too.
+            if let Some(text) = self.opened(payload, false) {
+                self.hub.broadcast(&protocol::text_frame(&text), None);
+            }
         } else if let Some(user) = channel.strip_prefix(NOTIFY_PREFIX) {
             let text = String::from_utf8_lossy(payload);
             self.hub.send_to_user(user, &text);
         } else if let Some(room) = channel.strip_prefix(ROOM_PREFIX) {
-            let text = match serde_json::from_slice::<Envelope>(payload) {
-                Ok(envelope) if envelope.origin.as_deref() == Some(&self.settings.instance) => {
-                    return;
-                }
-                Ok(envelope) => envelope.message,
-                // A raw message from another publisher goes out as it is.
-                Err(_) => String::from_utf8_lossy(payload).into_owned(),
-            };
-            self.hub
-                .send_to_room(room, &protocol::text_frame(&text), None);
+            // Room messages are JSON themselves: only an envelope with an
+            // `origin` is one of ours; anything else goes out as it is.
+            if let Some(text) = self.opened(payload, true) {
+                self.hub
+                    .send_to_room(room, &protocol::text_frame(&text), None);
+            }
+        }
+    }
+
+    /// The text a Pub/Sub payload carries: an envelope's `message` (if
+    /// `needs_origin`, only envelopes with an `origin` count), or the raw
+    /// payload. `None` for this instance's own echo.
+    fn opened(&self, payload: &[u8], needs_origin: bool) -> Option<String> {
+        match serde_json::from_slice::<Envelope>(payload) {
+            Ok(envelope) if envelope.origin.as_deref() == Some(&self.settings.instance) => None,
+            Ok(envelope) if envelope.origin.is_some() || !needs_origin => Some(envelope.message),
+            _ => Some(String::from_utf8_lossy(payload).into_owned()),
         }
     }
 
