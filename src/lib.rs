@@ -8,15 +8,18 @@
 //! - [`server`]: `run(listener, config, signals)` (or `serve` with an
 //!   [`app::App`] already built): accept loop, periodic notifier, drain on
 //!   the first signal.
-//! - [`http`]: the routes; [`upgrade`]: `GET /ws[/{client_id}]` → session.
+//! - [`http`]: the routes; [`upgrade`]: `GET /ws[/{client_id}]` and
+//!   `GET /ws/rooms/{room}` → session.
 //! - [`auth`]: origin allow-list, JWT check before the upgrade, API key of
 //!   the publishing routes.
 //! - [`session`]: one WebSocket's life in a single `select!`.
 //! - [`broker`]: in-memory (default) or Redis Pub/Sub fan-out across
 //!   instances, behind one enum.
-//! - [`hub`]: the sharded registry of local connections and their fan-out;
+//! - [`hub`]: the sharded registry of local connections (by id, user and
+//!   room) and their fan-out;
 //!   [`outbox`]: one connection's bounded queue.
 //! - [`protocol`]: texts, pre-encoded frames, close codes, fragment reassembly.
+//! - [`message`]: the typed JSON protocol of rooms (seed 003) and its errors.
 //! - [`shutdown`]: the drain: notice, wait with deadline, forced 1001.
 //! - [`metrics`]: Prometheus counters, gauges and histograms.
 //! - [`app`]: the shared state handed to handlers and sessions.

@@ -523,7 +523,6 @@ impl RedisBroker {
             sink.subscribe(chunk).await?;
         }
         self.refresh_count(&mut conn).await?;
-        self.refresh_presence(&mut conn).await?;
         Ok(Link {
             conn,
             sink,
@@ -546,8 +545,10 @@ impl RedisBroker {
         } = link;
         let mut check = tokio::time::interval(self.settings.refresh);
         check.tick().await; // the first tick is immediate; connect just checked
+        // The first tick is immediate: after a reconnect, entries that
+        // expired during the outage come back (and are announced) at once,
+        // now that the link is up and announcements can be published.
         let mut presence = tokio::time::interval(self.settings.presence_refresh);
-        presence.tick().await;
         loop {
             let result = tokio::select! {
                 _ = self.stop.cancelled() => {
@@ -629,10 +630,8 @@ impl RedisBroker {
         user: &str,
         id: ConnId,
     ) -> redis::RedisResult<()> {
-        let (arrived, _) = self.run_refresh(conn, &[(room, user)]).await?;
-        if !arrived.is_empty() {
-            self.announce_join(room, user, Some(id));
-        }
+        let (arrived, departed) = self.run_refresh(conn, &[(room, user)]).await?;
+        self.announce(&arrived, &departed, Some(id));
         Ok(())
     }
 
@@ -665,15 +664,22 @@ impl RedisBroker {
         for chunk in pairs.chunks(PRESENCE_CHUNK) {
             let chunk: Vec<(&str, &str)> = chunk.iter().map(|(r, u)| (&**r, &**u)).collect();
             let (arrived, departed) = self.run_refresh(conn, &chunk).await?;
-            for pair in arrived.chunks_exact(2) {
-                self.announce_join(&pair[0], &pair[1], None);
-            }
-            for pair in departed.chunks_exact(2) {
-                tracing::debug!(room = %pair[0], user = %pair[1], "presence expired");
-                self.announce_leave(&pair[0], &pair[1]);
-            }
+            self.announce(&arrived, &departed, None);
         }
         Ok(())
+    }
+
+    /// Announces the refresh script's results: `presence.join` for each
+    /// arrived room/user pair (not to the local connection `except`, which
+    /// has the roster) and `presence.leave` for each expired one.
+    fn announce(&self, arrived: &[String], departed: &[String], except: Option<ConnId>) {
+        for pair in arrived.chunks_exact(2) {
+            self.announce_join(&pair[0], &pair[1], except);
+        }
+        for pair in departed.chunks_exact(2) {
+            tracing::debug!(room = %pair[0], user = %pair[1], "presence expired");
+            self.announce_leave(&pair[0], &pair[1]);
+        }
     }
 
     /// Runs the refresh script over `pairs`: (arrived, departed), each a
