@@ -118,7 +118,7 @@ pub enum Refusal {
     Origin,
     #[error(transparent)]
     Token(#[from] TokenError),
-    #[error("client_id (or ?user=) does not match the token's sub")]
+    #[error("client_id does not match the token's sub")]
     ClientIdMismatch,
 }
 
@@ -288,9 +288,22 @@ impl Jwt {
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        // No audience is configured, so a token naming one is refused
+        // Without JWT_AUDIENCE, a token naming an audience is refused
         // (RFC 7519 §4.1.3); that is jsonwebtoken's default, kept on purpose.
         validation.validate_aud = true;
+        let mut required = Vec::new();
+        if config.jwt_require_exp {
+            required.push("exp");
+        }
+        if let Some(aud) = &config.jwt_audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        if let Some(iss) = &config.jwt_issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         Ok(Some(Jwt {
             alg_name,
             key,
@@ -307,6 +320,11 @@ impl Jwt {
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|err| token_error(err.into_kind()))?;
+        // The library skips an `exp` it cannot parse when `exp` is optional;
+        // a token that carries one must carry a number.
+        if data.claims.exp.as_ref().is_some_and(|exp| !exp.is_number()) {
+            return Err(TokenError::InvalidClaim("exp"));
+        }
         match data.claims.sub {
             None | Some(Value::Null) => Err(TokenError::MissingClaim("sub".to_owned())),
             Some(Value::String(sub)) if !sub.is_empty() && sub.len() <= MAX_CLIENT_ID => Ok(sub),
@@ -315,11 +333,14 @@ impl Jwt {
     }
 }
 
-/// The claims wsnotify reads itself; `exp` and `nbf` are checked by the library.
+/// The claims wsnotify reads itself; `exp` and `nbf` are checked by the
+/// library, `exp` is read here only to refuse one that is not a number.
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
     sub: Option<Value>,
+    #[serde(default)]
+    exp: Option<Value>,
 }
 
 fn algorithm(name: &str) -> Result<(Algorithm, &'static str), AuthError> {
@@ -763,18 +784,21 @@ mod tests {
             secret,
         );
         assert_eq!(jwt.verify(&ok), Ok("u1".to_owned()));
+        // The seed's smoke-test token has no `exp`: accepted by default.
+        let seed = sign(
+            Algorithm::HS256,
+            serde_json::json!({"sub":"u1","iat":now}),
+            secret,
+        );
+        assert_eq!(jwt.verify(&seed), Ok("u1".to_owned()));
         let cases = [
-            (
-                sign(Algorithm::HS256, serde_json::json!({"sub":"u1"}), secret),
-                TokenError::MissingClaim("exp".into()),
-            ),
             (
                 sign(
                     Algorithm::HS256,
                     serde_json::json!({"sub":"u1","exp":"soon"}),
                     secret,
                 ),
-                TokenError::MissingClaim("exp".into()),
+                TokenError::InvalidClaim("exp"),
             ),
             (
                 sign(Algorithm::HS256, serde_json::json!({"exp":now+60}), secret),
@@ -864,5 +888,60 @@ mod tests {
             secret,
         );
         assert_eq!(jwt.verify(&within_leeway), Ok("u1".to_owned()));
+    }
+
+    #[test]
+    fn exp_audience_and_issuer_can_be_required() {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let secret = "0123456789abcdef0123456789abcdef";
+        let auth = Auth::from_config(&Config {
+            jwt_secret: Some(secret.into()),
+            jwt_require_exp: true,
+            jwt_audience: Some("wsnotify".into()),
+            jwt_issuer: Some("https://auth.example".into()),
+            ..Config::default()
+        })
+        .unwrap();
+        let jwt = auth.jwt.as_ref().unwrap();
+        let exp = jsonwebtoken::get_current_timestamp() + 60;
+        let sign = |claims: Value| {
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        let iss = "https://auth.example";
+        assert_eq!(
+            jwt.verify(&sign(
+                serde_json::json!({"sub":"u1","exp":exp,"aud":"wsnotify","iss":iss})
+            )),
+            Ok("u1".to_owned())
+        );
+        for (claims, want) in [
+            (
+                serde_json::json!({"sub":"u1","aud":"wsnotify","iss":iss}),
+                TokenError::MissingClaim("exp".into()),
+            ),
+            (
+                serde_json::json!({"sub":"u1","exp":exp,"iss":iss}),
+                TokenError::MissingClaim("aud".into()),
+            ),
+            (
+                serde_json::json!({"sub":"u1","exp":exp,"aud":"other","iss":iss}),
+                TokenError::InvalidClaim("aud"),
+            ),
+            (
+                serde_json::json!({"sub":"u1","exp":exp,"aud":"wsnotify"}),
+                TokenError::MissingClaim("iss".into()),
+            ),
+            (
+                serde_json::json!({"sub":"u1","exp":exp,"aud":"wsnotify","iss":"evil"}),
+                TokenError::InvalidClaim("iss"),
+            ),
+        ] {
+            assert_eq!(jwt.verify(&sign(claims)), Err(want.clone()), "{want}");
+        }
     }
 }

@@ -133,6 +133,22 @@ pub struct Config {
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
 
+    /// Audience tokens must name in `aud`. Unset: tokens that carry an `aud`
+    /// are refused (RFC 7519 §4.1.3: this server is not in it). Default: unset.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Issuer tokens must carry in `iss`. Unset: `iss` is not checked.
+    /// Default: unset.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Whether tokens must carry `exp`. Off by default, like the seed's
+    /// PyJWT check: a token without `exp` is valid until its key changes, and
+    /// one with `exp` is refused once expired either way. Default: false.
+    #[arg(long, env = "JWT_REQUIRE_EXP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub jwt_require_exp: bool,
+
     /// Comma list of origins (`scheme://host[:port]`) allowed to open
     /// WebSockets; others get 403. Unset: any origin (with a warning).
     /// Default: unset.
@@ -183,6 +199,9 @@ impl Default for Config {
             jwt_secret: None,
             jwt_alg: "HS256".to_owned(),
             jwt_public_key_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_require_exp: false,
             allowed_origins: None,
             api_key: None,
             rate_limit: DEFAULT_RATE_LIMIT,
@@ -288,6 +307,13 @@ mod tests {
         assert_eq!(parsed.idle_timeout, Duration::from_secs(70));
         assert_eq!(parsed.jwt_alg, default.jwt_alg);
         assert_eq!(parsed.presence_ttl, Duration::from_secs(60));
+        assert!(!parsed.jwt_require_exp);
+        assert_eq!((&parsed.jwt_audience, &parsed.jwt_issuer), (&None, &None));
+        assert!(
+            parse(&["--jwt-require-exp", "true"])
+                .unwrap()
+                .jwt_require_exp
+        );
         assert_eq!(parsed.max_text_length, default.max_text_length);
         assert_eq!(parsed.presence_refresh(), Duration::from_secs(25));
         assert_eq!(

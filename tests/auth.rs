@@ -333,7 +333,11 @@ async fn a_token_of_another_algorithm_is_401() {
 
 #[tokio::test]
 async fn a_token_without_sub_or_exp_is_401() {
-    let server = TestServer::start(hs256()).await;
+    let server = TestServer::start(Config {
+        jwt_require_exp: true,
+        ..hs256()
+    })
+    .await;
     let key = secret_key(SECRET);
     for (claims, reason) in [
         (json!({ "sub": "alice" }), "missing claim: exp"),
@@ -656,4 +660,29 @@ async fn a_missing_key_file_stops_the_binary_before_it_listens() {
     .await;
     assert!(!ok, "exited 0:\n{log}");
     assert!(log.contains("is not a PEM ES256 public key"), "{log}");
+}
+
+#[tokio::test]
+async fn the_seed_smoke_test_token_without_exp_connects_unless_exp_is_required() {
+    // Seed 003: jwt.encode({"sub":"u1","iat":now}, secret, "HS256").
+    let token = sign(
+        Algorithm::HS256,
+        &secret_key(SECRET),
+        &json!({ "sub": "u1", "iat": get_current_timestamp() }),
+    );
+    let server = TestServer::start(hs256()).await;
+    let (mut ws, _) = open(request(&server, &format!("/ws/u1?token={token}"), &[])).await;
+    ws.close(None).await.unwrap();
+
+    let strict = TestServer::start(Config {
+        jwt_require_exp: true,
+        ..hs256()
+    })
+    .await;
+    assert_refused(
+        request(&strict, &format!("/ws?token={token}"), &[]),
+        StatusCode::UNAUTHORIZED,
+        "missing claim: exp",
+    )
+    .await;
 }
