@@ -24,6 +24,7 @@ pub struct Metrics {
     broker_up: Gauge,
     broker_outages: Counter,
     broker_dropped: Counter,
+    protocol_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -48,6 +49,7 @@ impl Metrics {
             broker_up: Gauge::default(),
             broker_outages: Counter::default(),
             broker_dropped: Counter::default(),
+            protocol_errors: Counter::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -100,6 +102,11 @@ impl Metrics {
             "broker_publish_dropped",
             "Broadcasts not published to Redis (down or queue full); local clients still got them",
             m.broker_dropped.clone(),
+        );
+        registry.register(
+            "protocol_errors",
+            "Room (JSON protocol) messages refused with system.error",
+            m.protocol_errors.clone(),
         );
         m.broker_up.set(1);
         Metrics {
@@ -157,6 +164,11 @@ impl Metrics {
         self.broker_dropped.inc_by(n as u64);
     }
 
+    /// A room client's message was refused with `system.error`.
+    pub fn protocol_error(&self) {
+        self.protocol_errors.inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -187,6 +199,7 @@ mod tests {
             "wsnotify_broker_up 1",
             "wsnotify_broker_outages_total 0",
             "wsnotify_broker_publish_dropped_total 0",
+            "wsnotify_protocol_errors_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
