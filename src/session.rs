@@ -206,6 +206,7 @@ async fn on_message(
         code = refused.code.as_str(),
         "refused a message"
     );
+    app.metrics.protocol_error();
     reg.outbox().push(refused.to_message().frame());
     (!errors.spend()).then_some(Ending::Close(Close::Abuse))
 }
