@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use wsnotify::hub::Hub;
+use wsnotify::hub::{Hub, Kind};
 use wsnotify::metrics::Metrics;
 use wsnotify::protocol::text_frame;
 
@@ -42,5 +42,50 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout);
+/// A room message to 1k members among 10k connections, against the baseline
+/// of a broadcast to a hub holding just those 1k: the room index should make
+/// a room cost its members, not the registry.
+fn rooms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("room_fanout");
+    let frame = text_frame(&"x".repeat(64));
+    let mut sink: VecDeque<Bytes> = VecDeque::with_capacity(4);
+    group.throughput(Throughput::Elements(1_000));
+
+    let alone = Arc::new(Hub::new(1024, Arc::new(Metrics::new())));
+    let members: Vec<_> = (0..1_000)
+        .map(|i| alone.register(format!("user-{i}").into(), None))
+        .collect();
+    group.bench_function("baseline_broadcast_1000_of_1000", |b| {
+        b.iter(|| {
+            let fanout = alone.broadcast(black_box(&frame), None);
+            for reg in &members {
+                reg.outbox().drain_into(&mut sink);
+                sink.clear();
+            }
+            fanout
+        })
+    });
+
+    let crowded = Arc::new(Hub::new(1024, Arc::new(Metrics::new())));
+    let mut regs: Vec<_> = (0..10_000)
+        .map(|i| crowded.register_as(Kind::Json, format!("user-{i}").into(), None))
+        .collect();
+    for (i, reg) in regs.iter_mut().enumerate() {
+        reg.join(if i % 10 == 0 { "busy" } else { "elsewhere" });
+    }
+    let members: Vec<_> = regs.iter().step_by(10).collect();
+    group.bench_function("room_1000_of_10000", |b| {
+        b.iter(|| {
+            let fanout = crowded.send_to_room("busy", black_box(&frame), None);
+            for reg in &members {
+                reg.outbox().drain_into(&mut sink);
+                sink.clear();
+            }
+            fanout
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fanout, rooms);
 criterion_main!(benches);

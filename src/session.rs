@@ -68,11 +68,15 @@ where
         Mode::Text => app
             .hub
             .register(user.clone(), Some(app.connected_frame.clone())),
-        Mode::Rooms(_) => app.hub.register_as(Kind::Json, user.clone(), None),
+        Mode::Rooms(room) => {
+            // The roster is the greeting: the first frame, before anything
+            // the hub may send the connection.
+            let joined = roster(&app, &user, room).await;
+            let mut registration = app.hub.register_as(Kind::Json, user.clone(), Some(joined));
+            registration.join(room);
+            registration
+        }
     };
-    if let Mode::Rooms(room) = &mode {
-        join(&app, &mut registration, room).await;
-    }
     tracing::debug!(conn = registration.id(), %user, active = app.hub.len(), "client connected");
     let mut inbound = pin!(frames(reader, app.config.max_message_size));
 
@@ -261,17 +265,24 @@ fn not_in(room: &str) -> ProtocolError {
 /// it precedes every message of that room. Joining a room again only
 /// re-sends the roster.
 async fn join(app: &App, reg: &mut Registration, room: &str) {
+    let joined = roster(app, reg.user(), room).await;
+    reg.outbox().push(joined);
+    reg.join(room);
+}
+
+/// The `room.joined` frame for `user` entering `room`: the room's members on
+/// every instance, `user` included.
+async fn roster(app: &App, user: &str, room: &str) -> Bytes {
     let (mut users, _) = app.broker.presence(room).await;
-    if !users.iter().any(|u| **u == **reg.user()) {
-        users.push(reg.user().to_string());
+    if !users.iter().any(|u| u == user) {
+        users.push(user.to_owned());
         users.sort();
     }
-    let joined = ServerMessage::Joined {
+    ServerMessage::Joined {
         room: room.to_owned(),
         users,
-    };
-    reg.outbox().push(joined.frame());
-    reg.join(room);
+    }
+    .frame()
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up. A

@@ -231,6 +231,8 @@ pub struct RedisBroker {
     /// A command that failed asks the supervisor to check the link now.
     suspect: Notify,
     stop: CancellationToken,
+    /// Cancelled when the supervisor has returned after a stop.
+    supervised: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -272,6 +274,7 @@ impl RedisBroker {
             list_script: redis::Script::new(LIST_SCRIPT),
             suspect: Notify::new(),
             stop: CancellationToken::new(),
+            supervised: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
         broker.tasks.spawn(broker.clone().supervise(memberships));
@@ -306,15 +309,20 @@ impl RedisBroker {
         if !self.is_up() {
             return;
         }
+        let json = self.envelope(text, except);
+        if self.outgoing.try_send((channel, json)).is_err() {
+            self.metrics.broker_dropped(1);
+        }
+    }
+
+    /// The JSON envelope of `text` published by this instance.
+    fn envelope(&self, text: &str, except: Option<ConnId>) -> String {
         let envelope = Envelope {
             sender_id: except.map(|id| format!("{}:{id}", self.settings.instance)),
             message: text.to_owned(),
             origin: Some(self.settings.instance.clone()),
         };
-        let json = serde_json::to_string(&envelope).unwrap_or_default();
-        if self.outgoing.try_send((channel, json)).is_err() {
-            self.metrics.broker_dropped(1);
-        }
+        serde_json::to_string(&envelope).unwrap_or_default()
     }
 
     /// The users present in `room` on every instance, and whether Redis was
@@ -452,7 +460,13 @@ impl RedisBroker {
     }
 
     /// Connect, serve, and after each failure back off and reconnect.
-    async fn supervise(self: Arc<Self>, mut memberships: mpsc::UnboundedReceiver<Membership>) {
+    /// Runs the link until the broker stops, then lets the publisher flush.
+    async fn supervise(self: Arc<Self>, memberships: mpsc::UnboundedReceiver<Membership>) {
+        self.run_link(memberships).await;
+        self.supervised.cancel();
+    }
+
+    async fn run_link(&self, mut memberships: mpsc::UnboundedReceiver<Membership>) {
         let mut backoff = BACKOFF_MIN;
         loop {
             let attempt = tokio::select! {
@@ -552,11 +566,15 @@ impl RedisBroker {
         loop {
             let result = tokio::select! {
                 _ = self.stop.cancelled() => {
-                    // Sessions have ended: withdraw their presence, then the count.
+                    // Sessions have ended: withdraw their presence, then the
+                    // count. The publisher sends the announcements once the
+                    // supervisor has returned.
                     let last = async {
                         while let Ok(change) = memberships.try_recv() {
-                            if let Membership::Departed { room, user } = change {
-                                self.depart(&mut conn, &room, &user).await?;
+                            if let Membership::Departed { room, user } = change
+                                && self.depart(&mut conn, &room, &user).await?
+                            {
+                                self.publish_room(&room, &leave(&room, &user).encode(), None);
                             }
                         }
                         redis::cmd("DEL")
@@ -611,7 +629,12 @@ impl RedisBroker {
                     user,
                     conn: id,
                 } => self.arrive(conn, &room, &user, id).await,
-                Membership::Departed { room, user } => self.depart(conn, &room, &user).await,
+                Membership::Departed { room, user } => {
+                    if self.depart(conn, &room, &user).await? {
+                        self.publish_room(&room, &leave(&room, &user).encode(), None);
+                    }
+                    Ok(())
+                }
             }
         };
         match timeout(self.settings.timeout, command).await {
@@ -635,14 +658,14 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Withdraws this instance's presence of `user` in `room`; announces the
-    /// departure if no other instance holds them.
+    /// Withdraws this instance's presence of `user` in `room`; `true` when no
+    /// other instance holds them, so the departure is to be announced.
     async fn depart(
         &self,
         conn: &mut MultiplexedConnection,
         room: &str,
         user: &str,
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<bool> {
         let gone: i64 = self
             .leave_script
             .arg(&self.settings.instance)
@@ -650,10 +673,7 @@ impl RedisBroker {
             .arg(user)
             .invoke_async(conn)
             .await?;
-        if gone == 1 {
-            self.announce_leave(room, user);
-        }
-        Ok(())
+        Ok(gone == 1)
     }
 
     /// Refreshes every presence entry this instance holds, announcing users
@@ -709,12 +729,7 @@ impl RedisBroker {
     }
 
     fn announce_leave(&self, room: &str, user: &str) {
-        let event = ServerMessage::PresenceLeave {
-            room: room.to_owned(),
-            user: user.to_owned(),
-            ts: now_ms(),
-        };
-        self.publish_room(room, &event.encode(), None);
+        self.publish_room(room, &leave(room, user).encode(), None);
     }
 
     /// Pings the subscriber (a paused Redis answers nothing) and refreshes
@@ -779,13 +794,22 @@ impl RedisBroker {
         }
     }
 
-    /// Sends queued broadcast envelopes, pipelined in batches.
+    /// Sends queued envelopes, pipelined in batches. Runs until the
+    /// supervisor has returned (it may still queue presence announcements
+    /// while stopping), then sends what is left and stops.
     async fn publish(self: Arc<Self>, mut queue: mpsc::Receiver<(String, String)>) {
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        let mut last = false;
         loop {
             let received = tokio::select! {
-                _ = self.stop.cancelled() => return,
                 n = queue.recv_many(&mut batch, PUBLISH_BATCH) => n,
+                _ = self.supervised.cancelled() => {
+                    last = true;
+                    while let Ok(item) = queue.try_recv() {
+                        batch.push(item);
+                    }
+                    batch.len()
+                }
             };
             if received == 0 {
                 return;
@@ -808,6 +832,9 @@ impl RedisBroker {
                 self.suspect.notify_one();
             }
             batch.clear();
+            if last {
+                return;
+            }
         }
     }
 
@@ -854,6 +881,15 @@ impl RedisBroker {
             tracing::debug!("redis still unreachable: {why}");
         }
         health.last_error = Some(why);
+    }
+}
+
+/// The `presence.leave` of `user` in `room`, now.
+fn leave(room: &str, user: &str) -> ServerMessage {
+    ServerMessage::PresenceLeave {
+        room: room.to_owned(),
+        user: user.to_owned(),
+        ts: now_ms(),
     }
 }
 
