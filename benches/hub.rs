@@ -70,8 +70,19 @@ fn rooms(c: &mut Criterion) {
     let mut regs: Vec<_> = (0..10_000)
         .map(|i| crowded.register_as(Kind::Json, format!("user-{i}").into(), None))
         .collect();
+    // Every tenth connection in the busy room, the rest in rooms of ten.
     for (i, reg) in regs.iter_mut().enumerate() {
-        reg.join(if i % 10 == 0 { "busy" } else { "elsewhere" });
+        let room = if i % 10 == 0 {
+            "busy".to_owned()
+        } else {
+            format!("quiet-{}", i / 10)
+        };
+        reg.join(&room, &[]);
+    }
+    for reg in &regs {
+        // The rosters and presence events of the set-up.
+        reg.outbox().drain_into(&mut sink);
+        sink.clear();
     }
     let members: Vec<_> = regs.iter().step_by(10).collect();
     group.bench_function("room_1000_of_10000", |b| {

@@ -180,14 +180,19 @@ impl Registration {
         self.rooms.iter().any(|r| &**r == room)
     }
 
-    /// Adds this connection to `room`; `false` if it was already in.
-    pub fn join(&mut self, room: &str) -> bool {
+    /// Adds this connection to `room` and queues its `room.joined`: the
+    /// room's local members at that instant plus `remote` (those other
+    /// instances hold) plus this user. Already in: only the roster is sent
+    /// again, and the answer is `false`.
+    pub fn join(&mut self, room: &str, remote: &[String]) -> bool {
         if self.is_in(room) {
+            self.hub
+                .resend_roster(room, &self.user, &self.outbox, remote);
             return false;
         }
         let room: Arc<str> = room.into();
         self.hub
-            .add_to_room(room.clone(), self.id, &self.user, &self.outbox);
+            .add_to_room(room.clone(), self.id, &self.user, &self.outbox, remote);
         self.rooms.push(room);
         true
     }
@@ -245,12 +250,43 @@ impl Hub {
         user: Arc<str>,
         greeting: Option<Bytes>,
     ) -> Registration {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.queue_bound));
-        outbox.touch(self.now_ms());
+        let (id, outbox) = self.new_outbox();
         if let Some(greeting) = greeting {
             outbox.push(greeting);
         }
+        self.enlist(id, kind, user, outbox, Vec::new())
+    }
+
+    /// Registers a JSON connection of `user` that starts in `room`; its
+    /// first frame is the room's `room.joined` (see [`Registration::join`]).
+    pub fn register_in_room(
+        self: &Arc<Self>,
+        user: Arc<str>,
+        room: &str,
+        remote: &[String],
+    ) -> Registration {
+        let (id, outbox) = self.new_outbox();
+        let room: Arc<str> = room.into();
+        self.add_to_room(room.clone(), id, &user, &outbox, remote);
+        self.enlist(id, Kind::Json, user, outbox, vec![room])
+    }
+
+    fn new_outbox(&self) -> (ConnId, Arc<Outbox>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::new(self.queue_bound));
+        outbox.touch(self.now_ms());
+        (id, outbox)
+    }
+
+    /// Makes a connection visible to every fan-out.
+    fn enlist(
+        self: &Arc<Self>,
+        id: ConnId,
+        kind: Kind,
+        user: Arc<str>,
+        outbox: Arc<Outbox>,
+        rooms: Vec<Arc<str>>,
+    ) -> Registration {
         let conn = Conn {
             user: user.clone(),
             outbox: outbox.clone(),
@@ -266,7 +302,7 @@ impl Hub {
             user,
             outbox,
             kind,
-            rooms: Vec::new(),
+            rooms,
         }
     }
 
@@ -316,71 +352,80 @@ impl Hub {
         &self.rooms[self.user_hasher.hash_one(room) as usize % SHARDS]
     }
 
-    fn add_to_room(&self, room: Arc<str>, id: ConnId, user: &Arc<str>, outbox: &Arc<Outbox>) {
-        let arrived = {
-            let mut rooms = write(self.room_shard(&room));
-            let entry = rooms.entry(room.clone()).or_default();
-            entry.conns.push((id, outbox.clone()));
-            if entry.conns.len() == 1 {
-                self.tell(Membership::Opened(room.clone()));
-            }
-            let count = entry.users.entry(user.clone()).or_default();
-            *count += 1;
-            let arrived = *count == 1;
-            if arrived {
-                self.tell(Membership::Arrived {
-                    room: room.clone(),
-                    user: user.clone(),
-                    conn: id,
-                });
-            }
-            arrived
-        };
-        if arrived && self.watcher.is_none() {
+    // Everything below happens under the room's write lock: the roster a
+    // joiner gets and the presence events the members get form one order, so
+    // a joiner learns of every other member exactly once, from its roster or
+    // from a later event, and never keeps one that left.
+    fn add_to_room(
+        &self,
+        room: Arc<str>,
+        id: ConnId,
+        user: &Arc<str>,
+        outbox: &Arc<Outbox>,
+        remote: &[String],
+    ) {
+        let mut rooms = write(self.room_shard(&room));
+        let entry = rooms.entry(room.clone()).or_default();
+        outbox.push(roster(&room, entry, user, remote));
+        entry.conns.push((id, outbox.clone()));
+        if entry.conns.len() == 1 {
+            self.tell(Membership::Opened(room.clone()));
+        }
+        let count = entry.users.entry(user.clone()).or_default();
+        *count += 1;
+        if *count > 1 {
+            return;
+        }
+        self.tell(Membership::Arrived {
+            room: room.clone(),
+            user: user.clone(),
+            conn: id,
+        });
+        if self.watcher.is_none() {
             let event = ServerMessage::PresenceJoin {
                 room: room.to_string(),
                 user: user.to_string(),
                 ts: now_ms(),
             };
-            self.send_to_room(&room, &event.frame(), Some(id));
+            self.push_to_members(&room, entry, &event.frame(), Some(id));
         }
     }
 
     fn remove_from_room(&self, room: Arc<str>, id: ConnId, user: &Arc<str>) {
-        let departed = {
-            let mut rooms = write(self.room_shard(&room));
-            let Some(entry) = rooms.get_mut(&room) else {
-                return;
-            };
-            entry.conns.retain(|(conn, _)| *conn != id);
-            let departed = match entry.users.get_mut(user) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
-                }
-                Some(_) => {
-                    entry.users.remove(user);
-                    self.tell(Membership::Departed {
-                        room: room.clone(),
-                        user: user.clone(),
-                    });
-                    true
-                }
-                None => false,
-            };
-            if entry.conns.is_empty() {
-                rooms.remove(&room);
-                self.tell(Membership::Closed(room.clone()));
-            }
-            departed
+        let mut rooms = write(self.room_shard(&room));
+        let Some(entry) = rooms.get_mut(&room) else {
+            return;
         };
-        if departed && self.watcher.is_none() {
-            let event = ServerMessage::PresenceLeave {
-                room: room.to_string(),
-                user: user.to_string(),
-                ts: now_ms(),
-            };
-            self.send_to_room(&room, &event.frame(), None);
+        entry.conns.retain(|(conn, _)| *conn != id);
+        match entry.users.get_mut(user) {
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                entry.users.remove(user);
+                self.tell(Membership::Departed {
+                    room: room.clone(),
+                    user: user.clone(),
+                });
+                if self.watcher.is_none() {
+                    let event = ServerMessage::PresenceLeave {
+                        room: room.to_string(),
+                        user: user.to_string(),
+                        ts: now_ms(),
+                    };
+                    self.push_to_members(&room, entry, &event.frame(), None);
+                }
+            }
+            None => {}
+        }
+        if entry.conns.is_empty() {
+            rooms.remove(&room);
+            self.tell(Membership::Closed(room));
+        }
+    }
+
+    /// Re-sends `room.joined` to a connection already in `room`.
+    fn resend_roster(&self, room: &str, user: &str, outbox: &Outbox, remote: &[String]) {
+        if let Some(entry) = read(self.room_shard(room)).get(room) {
+            outbox.push(roster(room, entry, user, remote));
         }
     }
 
@@ -417,12 +462,23 @@ impl Hub {
 
     /// Queues `frame` for every local member of `room` but `except`.
     pub fn send_to_room(&self, room: &str, frame: &Bytes, except: Option<ConnId>) -> Fanout {
+        match read(self.room_shard(room)).get(room) {
+            Some(entry) => self.push_to_members(room, entry, frame, except),
+            None => Fanout::default(),
+        }
+    }
+
+    fn push_to_members(
+        &self,
+        room: &str,
+        entry: &Room,
+        frame: &Bytes,
+        except: Option<ConnId>,
+    ) -> Fanout {
         let started = Instant::now();
         let mut fanout = Fanout::default();
-        if let Some(entry) = read(self.room_shard(room)).get(room) {
-            for (id, outbox) in entry.conns.iter().filter(|(id, _)| Some(*id) != except) {
-                fanout.record(outbox.push(frame.clone()), *id, room);
-            }
+        for (id, outbox) in entry.conns.iter().filter(|(id, _)| Some(*id) != except) {
+            fanout.record(outbox.push(frame.clone()), *id, room);
         }
         self.metrics.fanout(started.elapsed(), fanout.overflowed);
         fanout
@@ -537,6 +593,25 @@ impl Fanout {
             Push::Closed => {}
         }
     }
+}
+
+/// The `room.joined` frame for `user` entering a room whose local members
+/// are `entry`'s and whose members elsewhere are `remote`.
+fn roster(room: &str, entry: &Room, user: &str, remote: &[String]) -> Bytes {
+    let mut users: Vec<String> = entry
+        .users
+        .keys()
+        .map(|u| u.to_string())
+        .chain(remote.iter().cloned())
+        .chain(std::iter::once(user.to_owned()))
+        .collect();
+    users.sort();
+    users.dedup();
+    ServerMessage::Joined {
+        room: room.to_owned(),
+        users,
+    }
+    .frame()
 }
 
 fn shard(id: ConnId) -> usize {
@@ -654,13 +729,22 @@ mod tests {
         let mut a = hub.register_as(Kind::Json, "a".into(), None);
         let mut b = hub.register_as(Kind::Json, "b".into(), None);
         let mut b2 = hub.register_as(Kind::Json, "b".into(), None);
-        assert!(a.join("r"));
-        assert!(!a.join("r"), "joining twice is a no-op");
-        b.join("r");
-        b2.join("r");
+        assert!(a.join("r", &[]));
+        assert_eq!(
+            texts(&a),
+            [r#"{"type":"room.joined","room":"r","users":["a"]}"#]
+        );
+        assert!(!a.join("r", &["z".into()]), "joining twice is a no-op");
+        assert_eq!(
+            texts(&a),
+            [r#"{"type":"room.joined","room":"r","users":["a","z"]}"#],
+            "but the roster is sent again, with the remote members"
+        );
+        b.join("r", &[]);
+        b2.join("r", &[]);
         assert_eq!(
             texts(&b),
-            Vec::<String>::new(),
+            [r#"{"type":"room.joined","room":"r","users":["a","b"]}"#],
             "no presence.join about oneself"
         );
         let heard = texts(&a);
@@ -690,12 +774,27 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_registered_in_a_room_gets_the_roster_first() {
+        let hub = hub(8);
+        let _a = hub.register_in_room("a".into(), "r", &[]);
+        let b = hub.register_in_room("b".into(), "r", &["remote".into()]);
+        hub.broadcast_to(Audience::All, &protocol::ping_frame());
+        let got = drained(&b);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            String::from_utf8_lossy(&got[0][2..]),
+            r#"{"type":"room.joined","room":"r","users":["a","b","remote"]}"#
+        );
+        assert_eq!(b.rooms(), [Arc::from("r")]);
+    }
+
+    #[test]
     fn the_watcher_hears_rooms_open_and_close_and_presence_change() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::new(4, Arc::new(Metrics::new())).with_watcher(tx));
         let mut a = hub.register_as(Kind::Json, "a".into(), None);
         let id = a.id();
-        a.join("r");
+        a.join("r", &[]);
         drop(a);
         let heard: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(

@@ -69,12 +69,8 @@ where
             .hub
             .register(user.clone(), Some(app.connected_frame.clone())),
         Mode::Rooms(room) => {
-            // The roster is the greeting: the first frame, before anything
-            // the hub may send the connection.
-            let joined = roster(&app, &user, room).await;
-            let mut registration = app.hub.register_as(Kind::Json, user.clone(), Some(joined));
-            registration.join(room);
-            registration
+            let remote = app.broker.remote_presence(room).await;
+            app.hub.register_in_room(user.clone(), room, &remote)
         }
     };
     tracing::debug!(conn = registration.id(), %user, active = app.hub.len(), "client connected");
@@ -260,29 +256,12 @@ fn not_in(room: &str) -> ProtocolError {
     )
 }
 
-/// Puts the connection in `room` and sends it `room.joined` with the room's
-/// members. The roster is queued before the connection enters the room, so
-/// it precedes every message of that room. Joining a room again only
+/// Puts the connection in `room`; the hub queues `room.joined` with the
+/// members, before any message of that room. Joining a room again only
 /// re-sends the roster.
 async fn join(app: &App, reg: &mut Registration, room: &str) {
-    let joined = roster(app, reg.user(), room).await;
-    reg.outbox().push(joined);
-    reg.join(room);
-}
-
-/// The `room.joined` frame for `user` entering `room`: the room's members on
-/// every instance, `user` included.
-async fn roster(app: &App, user: &str, room: &str) -> Bytes {
-    let (mut users, _) = app.broker.presence(room).await;
-    if !users.iter().any(|u| u == user) {
-        users.push(user.to_owned());
-        users.sort();
-    }
-    ServerMessage::Joined {
-        room: room.to_owned(),
-        users,
-    }
-    .frame()
+    let remote = app.broker.remote_presence(room).await;
+    reg.join(room, &remote);
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up. A

@@ -86,6 +86,16 @@ impl Broker {
         }
     }
 
+    /// The users present in `room` as far as other instances know (Redis
+    /// mode; may include local ones), for a joiner's roster. Empty in memory
+    /// mode or while Redis is unreachable.
+    pub async fn remote_presence(&self, room: &str) -> Vec<String> {
+        match self {
+            Broker::Memory(_) => Vec::new(),
+            Broker::Redis(redis) => redis.listed(room).await.unwrap_or_default(),
+        }
+    }
+
     /// Sends `text` to every connection of `user` on every instance.
     pub async fn notify(&self, user: &str, text: &str) -> Notified {
         match self {

@@ -334,26 +334,28 @@ impl RedisBroker {
             .iter()
             .map(|u| u.to_string())
             .collect();
-        let listed = match self.command_connection() {
-            Some(mut conn) => {
-                let mut invocation = self.list_script.prepare_invoke();
-                invocation.arg(room);
-                let list = invocation.invoke_async::<Vec<String>>(&mut conn);
-                match timeout(self.settings.timeout, list).await {
-                    Ok(Ok(listed)) => Some(listed),
-                    _ => {
-                        self.suspect.notify_one();
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let listed = self.listed(room).await;
         let degraded = listed.is_none();
         users.extend(listed.unwrap_or_default());
         users.sort();
         users.dedup();
         (users, degraded)
+    }
+
+    /// The users Redis lists as present in `room`, or `None` while Redis is
+    /// unreachable.
+    pub async fn listed(&self, room: &str) -> Option<Vec<String>> {
+        let mut conn = self.command_connection()?;
+        let mut invocation = self.list_script.prepare_invoke();
+        invocation.arg(room);
+        let list = invocation.invoke_async::<Vec<String>>(&mut conn);
+        match timeout(self.settings.timeout, list).await {
+            Ok(Ok(listed)) => Some(listed),
+            _ => {
+                self.suspect.notify_one();
+                None
+            }
+        }
     }
 
     /// Publishes to `notifications:{user}`; while Redis is unreachable the
