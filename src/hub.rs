@@ -77,7 +77,7 @@ type UserShard = HashMap<Arc<str>, Vec<(ConnId, Arc<Outbox>, Kind)>>;
 /// One room's local members.
 #[derive(Debug, Default)]
 struct Room {
-    conns: Vec<(ConnId, Arc<Outbox>)>,
+    conns: Vec<(ConnId, Arc<Outbox>, Arc<str>)>,
     /// Local connections in the room per user.
     users: HashMap<Arc<str>, usize>,
 }
@@ -96,13 +96,8 @@ pub enum Membership {
     Opened(Arc<str>),
     /// A room's last local connection left it.
     Closed(Arc<str>),
-    /// A user's first local connection joined a room (`conn`, which already
-    /// has the room's roster and needs no `presence.join` about itself).
-    Arrived {
-        room: Arc<str>,
-        user: Arc<str>,
-        conn: ConnId,
-    },
+    /// A user's first local connection joined a room.
+    Arrived { room: Arc<str>, user: Arc<str> },
     /// A user's last local connection left a room.
     Departed { room: Arc<str>, user: Arc<str> },
 }
@@ -366,8 +361,8 @@ impl Hub {
     ) {
         let mut rooms = write(self.room_shard(&room));
         let entry = rooms.entry(room.clone()).or_default();
-        outbox.push(roster(&room, entry, user, remote));
-        entry.conns.push((id, outbox.clone()));
+        outbox.push(roster(&room, entry, Some(user), remote));
+        entry.conns.push((id, outbox.clone(), user.clone()));
         if entry.conns.len() == 1 {
             self.tell(Membership::Opened(room.clone()));
         }
@@ -379,7 +374,6 @@ impl Hub {
         self.tell(Membership::Arrived {
             room: room.clone(),
             user: user.clone(),
-            conn: id,
         });
         if self.watcher.is_none() {
             let event = ServerMessage::PresenceJoin {
@@ -387,7 +381,7 @@ impl Hub {
                 user: user.to_string(),
                 ts: now_ms(),
             };
-            self.push_to_members(&room, entry, &event.frame(), Some(id));
+            self.push_to_members(&room, entry, &event.frame(), Skip::User(user));
         }
     }
 
@@ -396,7 +390,7 @@ impl Hub {
         let Some(entry) = rooms.get_mut(&room) else {
             return;
         };
-        entry.conns.retain(|(conn, _)| *conn != id);
+        entry.conns.retain(|(conn, _, _)| *conn != id);
         match entry.users.get_mut(user) {
             Some(count) if *count > 1 => *count -= 1,
             Some(_) => {
@@ -411,7 +405,7 @@ impl Hub {
                         user: user.to_string(),
                         ts: now_ms(),
                     };
-                    self.push_to_members(&room, entry, &event.frame(), None);
+                    self.push_to_members(&room, entry, &event.frame(), Skip::User(user));
                 }
             }
             None => {}
@@ -425,7 +419,20 @@ impl Hub {
     /// Re-sends `room.joined` to a connection already in `room`.
     fn resend_roster(&self, room: &str, user: &str, outbox: &Outbox, remote: &[String]) {
         if let Some(entry) = read(self.room_shard(room)).get(room) {
-            outbox.push(roster(room, entry, user, remote));
+            outbox.push(roster(room, entry, Some(user), remote));
+        }
+    }
+
+    /// Sends every local member of `room` a fresh `room.joined`: the local
+    /// members plus `remote`. After a Redis outage, events were lost; the
+    /// roster resets what the clients believe.
+    pub fn resync_room(&self, room: &str, remote: &[String]) -> Fanout {
+        match read(self.room_shard(room)).get(room) {
+            Some(entry) => {
+                let frame = roster(room, entry, None, remote);
+                self.push_to_members(room, entry, &frame, Skip::Nobody)
+            }
+            None => Fanout::default(),
         }
     }
 
@@ -462,22 +469,31 @@ impl Hub {
 
     /// Queues `frame` for every local member of `room` but `except`.
     pub fn send_to_room(&self, room: &str, frame: &Bytes, except: Option<ConnId>) -> Fanout {
+        let skip = except.map_or(Skip::Nobody, Skip::Conn);
         match read(self.room_shard(room)).get(room) {
-            Some(entry) => self.push_to_members(room, entry, frame, except),
+            Some(entry) => self.push_to_members(room, entry, frame, skip),
             None => Fanout::default(),
         }
     }
 
-    fn push_to_members(
-        &self,
-        room: &str,
-        entry: &Room,
-        frame: &Bytes,
-        except: Option<ConnId>,
-    ) -> Fanout {
+    /// Queues the presence event `frame` about `user` for every local member
+    /// of `room` but `user`'s own connections: nobody hears of themselves.
+    pub fn send_presence(&self, room: &str, frame: &Bytes, user: &str) -> Fanout {
+        match read(self.room_shard(room)).get(room) {
+            Some(entry) => self.push_to_members(room, entry, frame, Skip::User(user)),
+            None => Fanout::default(),
+        }
+    }
+
+    fn push_to_members(&self, room: &str, entry: &Room, frame: &Bytes, skip: Skip<'_>) -> Fanout {
         let started = Instant::now();
         let mut fanout = Fanout::default();
-        for (id, outbox) in entry.conns.iter().filter(|(id, _)| Some(*id) != except) {
+        let members = entry.conns.iter().filter(|(id, _, user)| match skip {
+            Skip::Nobody => true,
+            Skip::Conn(except) => *id != except,
+            Skip::User(except) => &**user != except,
+        });
+        for (id, outbox, _) in members {
             fanout.record(outbox.push(frame.clone()), *id, room);
         }
         self.metrics.fanout(started.elapsed(), fanout.overflowed);
@@ -595,15 +611,24 @@ impl Fanout {
     }
 }
 
-/// The `room.joined` frame for `user` entering a room whose local members
-/// are `entry`'s and whose members elsewhere are `remote`.
-fn roster(room: &str, entry: &Room, user: &str, remote: &[String]) -> Bytes {
+/// Which members of a room a fan-out leaves out.
+#[derive(Debug, Clone, Copy)]
+enum Skip<'a> {
+    Nobody,
+    Conn(ConnId),
+    /// Every connection of this user.
+    User(&'a str),
+}
+
+/// The `room.joined` frame for `user` (if any) entering a room whose local
+/// members are `entry`'s and whose members elsewhere are `remote`.
+fn roster(room: &str, entry: &Room, user: Option<&str>, remote: &[String]) -> Bytes {
     let mut users: Vec<String> = entry
         .users
         .keys()
         .map(|u| u.to_string())
         .chain(remote.iter().cloned())
-        .chain(std::iter::once(user.to_owned()))
+        .chain(user.map(str::to_owned))
         .collect();
     users.sort();
     users.dedup();
@@ -793,7 +818,6 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::new(4, Arc::new(Metrics::new())).with_watcher(tx));
         let mut a = hub.register_as(Kind::Json, "a".into(), None);
-        let id = a.id();
         a.join("r", &[]);
         drop(a);
         let heard: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
@@ -805,7 +829,6 @@ mod tests {
                 Membership::Arrived {
                     room: "r".into(),
                     user: "a".into(),
-                    conn: id
                 },
                 Membership::Departed {
                     room: "r".into(),

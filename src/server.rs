@@ -83,7 +83,8 @@ where
         tokio::spawn(sweep_idle(app.clone(), idle, stop.clone()));
     }
 
-    let mut signals = signals;
+    // Fused: the drain polls it again after a first `None`.
+    let mut signals = signals.fuse();
     signals.next().await;
     let outcome = app
         .shutdown

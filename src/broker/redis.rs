@@ -565,6 +565,7 @@ impl RedisBroker {
         // expired during the outage come back (and are announced) at once,
         // now that the link is up and announcements can be published.
         let mut presence = tokio::time::interval(self.settings.presence_refresh);
+        let mut resync = true;
         loop {
             let result = tokio::select! {
                 _ = self.stop.cancelled() => {
@@ -576,7 +577,7 @@ impl RedisBroker {
                             if let Membership::Departed { room, user } = change
                                 && self.depart(&mut conn, &room, &user).await?
                             {
-                                self.publish_room(&room, &leave(&room, &user).encode(), None);
+                                self.announce_leave(&room, &user);
                             }
                         }
                         redis::cmd("DEL")
@@ -597,7 +598,15 @@ impl RedisBroker {
                 Some(change) = memberships.recv() => self.follow(&mut sink, &mut conn, change).await,
                 _ = check.tick() => self.check(&mut sink, &mut conn).await,
                 _ = presence.tick() => {
-                    match timeout(self.settings.timeout, self.refresh_presence(&mut conn)).await {
+                    let first = std::mem::take(&mut resync);
+                    let refresh = async {
+                        self.refresh_presence(&mut conn).await?;
+                        if first {
+                            self.resync_rosters(&mut conn).await?;
+                        }
+                        Ok::<_, redis::RedisError>(())
+                    };
+                    match timeout(self.settings.timeout, refresh).await {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(err)) => Err(err.to_string()),
                         Err(_) => Err("presence refresh timed out".to_owned()),
@@ -626,14 +635,10 @@ impl RedisBroker {
                 Membership::Left(user) => sink.unsubscribe(format!("{NOTIFY_PREFIX}{user}")).await,
                 Membership::Opened(room) => sink.subscribe(format!("{ROOM_PREFIX}{room}")).await,
                 Membership::Closed(room) => sink.unsubscribe(format!("{ROOM_PREFIX}{room}")).await,
-                Membership::Arrived {
-                    room,
-                    user,
-                    conn: id,
-                } => self.arrive(conn, &room, &user, id).await,
+                Membership::Arrived { room, user } => self.arrive(conn, &room, &user).await,
                 Membership::Departed { room, user } => {
                     if self.depart(conn, &room, &user).await? {
-                        self.publish_room(&room, &leave(&room, &user).encode(), None);
+                        self.announce_leave(&room, &user);
                     }
                     Ok(())
                 }
@@ -653,10 +658,9 @@ impl RedisBroker {
         conn: &mut MultiplexedConnection,
         room: &str,
         user: &str,
-        id: ConnId,
     ) -> redis::RedisResult<()> {
         let (arrived, departed) = self.run_refresh(conn, &[(room, user)]).await?;
-        self.announce(&arrived, &departed, Some(id));
+        self.announce(&arrived, &departed);
         Ok(())
     }
 
@@ -686,22 +690,35 @@ impl RedisBroker {
         for chunk in pairs.chunks(PRESENCE_CHUNK) {
             let chunk: Vec<(&str, &str)> = chunk.iter().map(|(r, u)| (&**r, &**u)).collect();
             let (arrived, departed) = self.run_refresh(conn, &chunk).await?;
-            self.announce(&arrived, &departed, None);
+            self.announce(&arrived, &departed);
         }
         Ok(())
     }
 
     /// Announces the refresh script's results: `presence.join` for each
-    /// arrived room/user pair (not to the local connection `except`, which
-    /// has the roster) and `presence.leave` for each expired one.
-    fn announce(&self, arrived: &[String], departed: &[String], except: Option<ConnId>) {
+    /// arrived room/user pair and `presence.leave` for each expired one.
+    fn announce(&self, arrived: &[String], departed: &[String]) {
         for pair in arrived.chunks_exact(2) {
-            self.announce_join(&pair[0], &pair[1], except);
+            self.announce_join(&pair[0], &pair[1]);
         }
         for pair in departed.chunks_exact(2) {
             tracing::debug!(room = %pair[0], user = %pair[1], "presence expired");
             self.announce_leave(&pair[0], &pair[1]);
         }
+    }
+
+    /// Sends every local room a fresh `room.joined` from Redis' list: events
+    /// published while this instance was cut off are lost (Pub/Sub keeps
+    /// nothing), and entries that expired meanwhile were swept by nobody.
+    /// Runs once per link, right after the first refresh.
+    async fn resync_rosters(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        for room in self.hub.rooms() {
+            let mut invocation = self.list_script.prepare_invoke();
+            invocation.arg(&*room);
+            let listed: Vec<String> = invocation.invoke_async(conn).await?;
+            self.hub.resync_room(&room, &listed);
+        }
+        Ok(())
     }
 
     /// Runs the refresh script over `pairs`: (arrived, departed), each a
@@ -721,17 +738,26 @@ impl RedisBroker {
         invocation.invoke_async(conn).await
     }
 
-    fn announce_join(&self, room: &str, user: &str, except: Option<ConnId>) {
+    fn announce_join(&self, room: &str, user: &str) {
         let event = ServerMessage::PresenceJoin {
             room: room.to_owned(),
             user: user.to_owned(),
             ts: now_ms(),
         };
-        self.publish_room(room, &event.encode(), except);
+        self.announce_presence(room, user, &event.encode());
     }
 
     fn announce_leave(&self, room: &str, user: &str) {
-        self.publish_room(room, &leave(room, user).encode(), None);
+        self.announce_presence(room, user, &leave(room, user).encode());
+    }
+
+    /// Like [`RedisBroker::publish_room`], but the local connections of
+    /// `user` are left out: nobody hears presence events about themselves
+    /// (after an outage an instance re-announces its own users).
+    fn announce_presence(&self, room: &str, user: &str, text: &str) {
+        self.hub
+            .send_presence(room, &protocol::text_frame(text), user);
+        self.enqueue(format!("{ROOM_PREFIX}{room}"), text, None);
     }
 
     /// Pings the subscriber (a paused Redis answers nothing) and refreshes
@@ -779,8 +805,11 @@ impl RedisBroker {
             // Room messages are JSON themselves: only an envelope with an
             // `origin` is one of ours; anything else goes out as it is.
             if let Some(text) = self.opened(payload, true) {
-                self.hub
-                    .send_to_room(room, &protocol::text_frame(&text), None);
+                let frame = protocol::text_frame(&text);
+                match presence_subject(&text) {
+                    Some(user) => self.hub.send_presence(room, &frame, &user),
+                    None => self.hub.send_to_room(room, &frame, None),
+                };
             }
         }
     }
@@ -883,6 +912,21 @@ impl RedisBroker {
             tracing::debug!("redis still unreachable: {why}");
         }
         health.last_error = Some(why);
+    }
+}
+
+/// The user a `presence.join`/`presence.leave` is about, or `None` for any
+/// other message. Only texts that start like our own encoding of one are
+/// decoded, so chat traffic costs a prefix check.
+fn presence_subject(text: &str) -> Option<String> {
+    if !text.starts_with(r#"{"type":"presence."#) {
+        return None;
+    }
+    match ServerMessage::decode(text) {
+        Ok(
+            ServerMessage::PresenceJoin { user, .. } | ServerMessage::PresenceLeave { user, .. },
+        ) => Some(user),
+        _ => None,
     }
 }
 
