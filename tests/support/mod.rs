@@ -228,6 +228,18 @@ pub mod op {
 impl RawWs {
     /// Performs the handshake by hand and reads the greeting.
     pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        let mut raw = Self::handshake(addr, path).await;
+        let (opcode, payload) = raw.read_frame().await.expect("greeting");
+        assert_eq!(
+            (opcode, payload.as_slice()),
+            (op::TEXT, "🟢 Connected to server".as_bytes())
+        );
+        raw
+    }
+
+    /// Performs the handshake by hand and reads nothing after the 101 (room
+    /// connections start with `room.joined`, not the greeting).
+    pub async fn handshake(addr: SocketAddr, path: &str) -> Self {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -250,11 +262,6 @@ impl RawWs {
             "handshake refused: {head}"
         );
         raw.buf.drain(..head_end);
-        let (opcode, payload) = raw.read_frame().await.expect("greeting");
-        assert_eq!(
-            (opcode, payload.as_slice()),
-            (op::TEXT, "🟢 Connected to server".as_bytes())
-        );
         raw
     }
 
