@@ -1,11 +1,13 @@
-//! Protocol hot paths: encoding a server frame once, and classifying and
-//! reassembling inbound frames.
+//! Protocol hot paths: encoding a server frame once, classifying and
+//! reassembling inbound frames, and the JSON protocol of room connections
+//! (decoding a client message, encoding a `chat.delivery` frame).
 
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fastwebsockets::OpCode;
+use wsnotify::message::{ClientMessage, ServerMessage};
 use wsnotify::protocol::{Assembler, Inbound, new_message, text_frame};
 
 fn encode(c: &mut Criterion) {
@@ -71,5 +73,31 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode, relay, decode);
+fn json(c: &mut Criterion) {
+    let mut group = c.benchmark_group("json_protocol");
+    group.throughput(Throughput::Elements(1));
+    let text = "x".repeat(64);
+    let chat = ClientMessage::ChatMessage {
+        room: "test".into(),
+        text: text.clone(),
+    }
+    .encode();
+    group.bench_function("decode_chat_message_64B", |b| {
+        b.iter(|| ClientMessage::decode(black_box(&chat), 4096))
+    });
+    // What a room message costs the sender's session: a fresh id and time,
+    // the JSON, and the frame every member shares.
+    group.bench_function("delivery_frame_64B", |b| {
+        b.iter(|| {
+            ServerMessage::delivery(black_box("test"), black_box("u1"), black_box(&text)).frame()
+        })
+    });
+    let delivery = ServerMessage::delivery("test", "u1", &text);
+    group.bench_function("encode_delivery_frame_64B", |b| {
+        b.iter(|| black_box(&delivery).frame())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encode, relay, decode, json);
 criterion_main!(benches);
