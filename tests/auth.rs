@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hyper::{HeaderMap, Method, StatusCode};
+use hyper::{Method, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use support::*;
@@ -121,24 +121,6 @@ fn describe(err: tungstenite::Error) -> String {
             String::from_utf8_lossy(res.body().as_deref().unwrap_or_default())
         ),
         other => other.to_string(),
-    }
-}
-
-/// The refusal of an upgrade: status, headers, JSON body.
-async fn refusal(req: Request) -> (StatusCode, HeaderMap, Value) {
-    match tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake timed out")
-    {
-        Err(tungstenite::Error::Http(res)) => {
-            let body = res.body().as_deref().unwrap_or_default();
-            let json = serde_json::from_slice(body).unwrap_or_else(|e| {
-                panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(body))
-            });
-            (res.status(), res.headers().clone(), json)
-        }
-        Err(other) => panic!("expected an HTTP refusal, got {other}"),
-        Ok(_) => panic!("the upgrade was accepted"),
     }
 }
 

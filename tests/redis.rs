@@ -10,64 +10,9 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use support::process::Proc;
-use support::redis::{Redis, free_port};
+use support::redis::{Redis, free_port, instance, wait_for_ready, wait_for_subscribers};
 use support::*;
 use wsnotify::Config;
-
-/// Short Redis timings so failures are noticed within a second.
-fn config(redis: &Redis) -> Config {
-    Config {
-        redis_url: Some(redis.url()),
-        redis_timeout: Duration::from_millis(500),
-        redis_refresh_interval: Duration::from_millis(300),
-        notification_interval: Duration::ZERO,
-        ..Config::default()
-    }
-}
-
-async fn instance(redis: &Redis) -> TestServer {
-    let server = TestServer::start(config(redis)).await;
-    wait_for_ready(server.addr, StatusCode::OK).await;
-    server
-}
-
-/// Polls `/ready` until it answers `status`.
-async fn wait_for_ready(addr: SocketAddr, status: StatusCode) {
-    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
-    loop {
-        if http(addr, Method::GET, "/ready", "").await.status == status {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready never became {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Waits until `n` subscribers listen on `channel`.
-async fn wait_for_subscribers(redis: &Redis, channel: &str, n: usize) {
-    let mut conn = redis.client().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let counts: Vec<(String, usize)> = ::redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(channel)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if counts[0].1 == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel} has {} subscribers, wanted {n}",
-            counts[0].1
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn broadcast_ok(addr: SocketAddr, message: &str) -> Reply {
     let reply = broadcast(addr, message).await;

@@ -20,23 +20,14 @@ use futures_util::StreamExt;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::process::Proc;
-use support::redis::Redis;
+use support::redis::{
+    Redis, config, instance, instance_with, wait_for_ready, wait_for_subscribers,
+};
 use support::*;
 use wsnotify::Config;
 use wsnotify::message::{ClientMessage, ServerMessage};
 
 const ROOM: &str = "test";
-
-/// Short Redis timings so failures are noticed within a second.
-fn config(redis: &Redis) -> Config {
-    Config {
-        redis_url: Some(redis.url()),
-        redis_timeout: Duration::from_millis(500),
-        redis_refresh_interval: Duration::from_millis(300),
-        notification_interval: Duration::ZERO,
-        ..Config::default()
-    }
-}
 
 /// Presence that expires after 2 s, refreshed every 0.5 s (the heartbeat).
 fn short_presence(redis: &Redis) -> Config {
@@ -63,54 +54,6 @@ fn short_presence_env(redis: &Redis) -> Vec<(&'static str, String)> {
 async fn start_proc(env: &[(&'static str, String)]) -> Proc {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Proc::start(&env).await
-}
-
-async fn instance_with(config: Config) -> TestServer {
-    let server = TestServer::start(config).await;
-    wait_for_ready(server.addr, StatusCode::OK).await;
-    server
-}
-
-async fn instance(redis: &Redis) -> TestServer {
-    instance_with(config(redis)).await
-}
-
-/// Polls `/ready` until it answers `status`.
-async fn wait_for_ready(addr: SocketAddr, status: StatusCode) {
-    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
-    loop {
-        if http(addr, Method::GET, "/ready", "").await.status == status {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready never became {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Waits until `n` subscribers (instances) listen on `channel`.
-async fn wait_for_subscribers(redis: &Redis, channel: &str, n: usize) {
-    let mut conn = redis.client().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let counts: Vec<(String, usize)> = ::redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(channel)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if counts[0].1 == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel} has {} subscribers, wanted {n}",
-            counts[0].1
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until `n` instances hold `user` in `room` (the presence-of set).
@@ -170,28 +113,9 @@ fn chat(room: &str, text: &str) -> ClientMessage {
     }
 }
 
-/// Asserts that the next message is `user`'s chat line `text` in `room`;
-/// returns its `(id, ts)`.
-async fn expect_delivery_in(ws: &mut Ws, room: &str, user: &str, text: &str) -> (String, u64) {
-    match next_json(ws).await {
-        ServerMessage::Delivery {
-            room: r,
-            user: u,
-            text: t,
-            id,
-            ts,
-        } => {
-            assert_eq!((r.as_str(), u.as_str(), t.as_str()), (room, user, text));
-            assert!(!id.is_empty());
-            assert!(ts > 1_700_000_000_000, "ts {ts}");
-            (id, ts)
-        }
-        other => panic!("expected chat.delivery {text:?} from {user}, got {other:?}"),
-    }
-}
-
-async fn expect_delivery(ws: &mut Ws, user: &str, text: &str) -> (String, u64) {
-    expect_delivery_in(ws, ROOM, user, text).await
+/// The next message is `user`'s chat line `text` in [`ROOM`]: its `(id, ts)`.
+async fn expect_said(ws: &mut Ws, user: &str, text: &str) -> (String, u64) {
+    expect_delivery(ws, ROOM, user, text).await
 }
 
 async fn expect_join_in(ws: &mut Ws, room: &str, user: &str) {
@@ -300,14 +224,14 @@ async fn a_chat_message_reaches_members_on_every_instance_exactly_once() {
     expect_join(&mut u1, "u2").await; // B's announcement, through Redis
 
     send_json(&mut u1, &chat(ROOM, "hello from A")).await;
-    let on_a = expect_delivery(&mut u1, "u1", "hello from A").await;
-    let on_b = expect_delivery(&mut u2, "u1", "hello from A").await;
+    let on_a = expect_said(&mut u1, "u1", "hello from A").await;
+    let on_b = expect_said(&mut u2, "u1", "hello from A").await;
     assert_eq!(on_a, on_b, "one message, the same id and ts everywhere");
     let first = on_a.0;
 
     send_json(&mut u2, &chat(ROOM, "hello from B")).await;
-    let on_b = expect_delivery(&mut u2, "u2", "hello from B").await;
-    let on_a = expect_delivery(&mut u1, "u2", "hello from B").await;
+    let on_b = expect_said(&mut u2, "u2", "hello from B").await;
+    let on_a = expect_said(&mut u1, "u2", "hello from B").await;
     assert_eq!(on_a, on_b);
     assert_ne!(on_a.0, first, "each message has its own id");
 
@@ -347,8 +271,8 @@ async fn publishing_over_http_reaches_members_on_every_instance_exactly_once() {
         body["id"].as_str().unwrap().to_owned(),
         body["ts"].as_u64().unwrap(),
     );
-    assert_eq!(expect_delivery(&mut u1, "ops", "deploy done").await, sent);
-    assert_eq!(expect_delivery(&mut u2, "ops", "deploy done").await, sent);
+    assert_eq!(expect_said(&mut u1, "ops", "deploy done").await, sent);
+    assert_eq!(expect_said(&mut u2, "ops", "deploy done").await, sent);
 
     // From B, with `message` for `text` and the default sender.
     let reply = http(
@@ -364,14 +288,8 @@ async fn publishing_over_http_reaches_members_on_every_instance_exactly_once() {
         reply.json()["id"].as_str().unwrap().to_owned(),
         reply.json()["ts"].as_u64().unwrap(),
     );
-    assert_eq!(
-        expect_delivery(&mut u2, "server", "rolled back").await,
-        sent
-    );
-    assert_eq!(
-        expect_delivery(&mut u1, "server", "rolled back").await,
-        sent
-    );
+    assert_eq!(expect_said(&mut u2, "server", "rolled back").await, sent);
+    assert_eq!(expect_said(&mut u1, "server", "rolled back").await, sent);
 
     for ws in [&mut u1, &mut u2, &mut elsewhere] {
         assert_silent(ws).await;
@@ -637,8 +555,8 @@ async fn rooms_survive_redis_going_away_and_recover_when_it_returns() {
 
     // Local room traffic goes on.
     send_json(&mut u1, &chat(ROOM, "local only")).await;
-    expect_delivery(&mut u1, "u1", "local only").await;
-    expect_delivery(&mut u2, "u1", "local only").await;
+    expect_said(&mut u1, "u1", "local only").await;
+    expect_said(&mut u2, "u1", "local only").await;
     let reply = http(
         a.addr,
         Method::POST,
@@ -648,8 +566,8 @@ async fn rooms_survive_redis_going_away_and_recover_when_it_returns() {
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.json()["local_recipients"], 2);
-    expect_delivery(&mut u1, "server", "still here").await;
-    expect_delivery(&mut u2, "server", "still here").await;
+    expect_said(&mut u1, "server", "still here").await;
+    expect_said(&mut u2, "server", "still here").await;
     assert_eq!(
         presence(a.addr, ROOM).await,
         json!({

@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hyper::{HeaderMap, Method, StatusCode};
+use hyper::{Method, StatusCode};
 use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use support::*;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::{self, Message};
 use wsnotify::Config;
 use wsnotify::message::{ClientMessage, ErrorCode, MAX_ROOM_NAME, ServerMessage, now_ms};
 use wsnotify::protocol::SHUTDOWN_NOTICE;
@@ -49,35 +49,6 @@ fn join(room: &str) -> ClientMessage {
 
 fn leave(room: &str) -> ClientMessage {
     ClientMessage::RoomLeave { room: room.into() }
-}
-
-/// Asserts `ts` (Unix ms) is the server's time of a moment ago.
-fn assert_recent(ts: u64) {
-    let now = now_ms();
-    assert!(
-        ts <= now && now - ts < 2 * PATIENCE.as_millis() as u64,
-        "ts {ts} is not recent (now {now})"
-    );
-}
-
-/// Reads the `chat.delivery` of `text` said by `user` in `room`; returns its
-/// `id` and `ts`.
-async fn expect_delivery(ws: &mut Ws, room: &str, user: &str, text: &str) -> (String, u64) {
-    match next_json(ws).await {
-        ServerMessage::Delivery {
-            room: r,
-            user: u,
-            text: t,
-            id,
-            ts,
-        } => {
-            assert_eq!((r.as_str(), u.as_str(), t.as_str()), (room, user, text));
-            assert!(uuid::Uuid::parse_str(&id).is_ok(), "id {id:?} is no UUID");
-            assert_recent(ts);
-            (id, ts)
-        }
-        other => panic!("expected chat.delivery of {text:?} by {user} in {room}, got {other:?}"),
-    }
 }
 
 /// Reads `room.joined` for `room` with exactly `users`.
@@ -205,24 +176,6 @@ async fn open_room(req: Request) -> (Ws, String, Vec<String>) {
     match next_json(&mut ws).await {
         ServerMessage::Joined { room, users } => (ws, room, users),
         other => panic!("expected room.joined, got {other:?}"),
-    }
-}
-
-/// The HTTP refusal of an upgrade: status, headers, JSON body.
-async fn refusal(req: Request) -> (StatusCode, HeaderMap, Value) {
-    match tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake timed out")
-    {
-        Err(tungstenite::Error::Http(res)) => {
-            let body = res.body().as_deref().unwrap_or_default();
-            let json = serde_json::from_slice(body).unwrap_or_else(|e| {
-                panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(body))
-            });
-            (res.status(), res.headers().clone(), json)
-        }
-        Err(other) => panic!("expected an HTTP refusal, got {other}"),
-        Ok(_) => panic!("the upgrade was accepted"),
     }
 }
 

@@ -420,3 +420,52 @@ pub async fn next_json(ws: &mut Ws) -> wsnotify::message::ServerMessage {
 pub async fn send_json(ws: &mut Ws, message: &wsnotify::message::ClientMessage) {
     send(ws, &message.encode()).await;
 }
+
+/// Asserts `ts` (Unix ms) is the server's time of a moment ago.
+pub fn assert_recent(ts: u64) {
+    let now = wsnotify::message::now_ms();
+    assert!(
+        ts <= now && now - ts < 2 * PATIENCE.as_millis() as u64,
+        "ts {ts} is not recent (now {now})"
+    );
+}
+
+/// Reads the `chat.delivery` of `text` said by `user` in `room`; returns its
+/// `id` and `ts`.
+pub async fn expect_delivery(ws: &mut Ws, room: &str, user: &str, text: &str) -> (String, u64) {
+    match next_json(ws).await {
+        wsnotify::message::ServerMessage::Delivery {
+            room: r,
+            user: u,
+            text: t,
+            id,
+            ts,
+        } => {
+            assert_eq!((r.as_str(), u.as_str(), t.as_str()), (room, user, text));
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "id {id:?} is no UUID");
+            assert_recent(ts);
+            (id, ts)
+        }
+        other => panic!("expected chat.delivery of {text:?} by {user} in {room}, got {other:?}"),
+    }
+}
+
+/// The HTTP refusal of an upgrade: status, headers, JSON body.
+pub async fn refusal(
+    req: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> (StatusCode, HeaderMap, serde_json::Value) {
+    match tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake timed out")
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            let body = res.body().as_deref().unwrap_or_default();
+            let json = serde_json::from_slice(body).unwrap_or_else(|e| {
+                panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(body))
+            });
+            (res.status(), res.headers().clone(), json)
+        }
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("the upgrade was accepted"),
+    }
+}

@@ -16,7 +16,12 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::process::{Child, Command};
 
-use super::PATIENCE;
+use std::net::SocketAddr;
+
+use hyper::{Method, StatusCode};
+use wsnotify::Config;
+
+use super::{PATIENCE, TestServer, http};
 
 const REDIS_PORT: u16 = 6379;
 const SERVER_ARGS: [&str; 8] = [
@@ -213,4 +218,65 @@ fn signal(child: &Option<Child>, signal: libc::c_int) {
         .expect("redis-server running") as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid has no memory effects.
     assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// Short Redis timings so failures are noticed within a second.
+pub fn config(redis: &Redis) -> Config {
+    Config {
+        redis_url: Some(redis.url()),
+        redis_timeout: Duration::from_millis(500),
+        redis_refresh_interval: Duration::from_millis(300),
+        notification_interval: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
+/// An in-process instance on `redis` with [`config`], once `/ready`.
+pub async fn instance(redis: &Redis) -> TestServer {
+    instance_with(config(redis)).await
+}
+
+/// An in-process instance with `config`, once `/ready`.
+pub async fn instance_with(config: Config) -> TestServer {
+    let server = TestServer::start(config).await;
+    wait_for_ready(server.addr, StatusCode::OK).await;
+    server
+}
+
+/// Polls `/ready` until it answers `status`.
+pub async fn wait_for_ready(addr: SocketAddr, status: StatusCode) {
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        if http(addr, Method::GET, "/ready", "").await.status == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready never became {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until `n` subscribers (instances) listen on `channel`.
+pub async fn wait_for_subscribers(redis: &Redis, channel: &str, n: usize) {
+    let mut conn = redis.client().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let counts: Vec<(String, usize)> = ::redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if counts[0].1 == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel} has {} subscribers, wanted {n}",
+            counts[0].1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
