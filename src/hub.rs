@@ -436,12 +436,14 @@ impl Hub {
         }
     }
 
-    /// The users with a local connection in `room`.
-    pub fn room_users(&self, room: &str) -> Vec<Arc<str>> {
-        read(self.room_shard(room))
+    /// The users with a local connection in `room`, sorted.
+    pub fn room_users(&self, room: &str) -> Vec<String> {
+        let mut users: Vec<String> = read(self.room_shard(room))
             .get(room)
-            .map(|entry| entry.users.keys().cloned().collect())
-            .unwrap_or_default()
+            .map(|entry| entry.users.keys().map(|u| u.to_string()).collect())
+            .unwrap_or_default();
+        users.sort();
+        users
     }
 
     /// Every room with at least one local connection.
@@ -779,9 +781,7 @@ mod tests {
             "b's second connection is not a new arrival: {heard:?}"
         );
         assert!(heard[0].contains(r#""type":"presence.join","room":"r","user":"b""#));
-        let mut users = hub.room_users("r");
-        users.sort();
-        assert_eq!(users, [Arc::from("a"), Arc::from("b")]);
+        assert_eq!(hub.room_users("r"), ["a", "b"]);
 
         let fanout = hub.send_to_room("r", &protocol::text_frame("x"), Some(a.id()));
         assert_eq!(fanout.queued, 2);

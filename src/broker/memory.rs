@@ -31,14 +31,7 @@ impl MemoryBroker {
 
     /// The users in `room`, sorted.
     pub fn presence(&self, room: &str) -> Vec<String> {
-        let mut users: Vec<String> = self
-            .hub
-            .room_users(room)
-            .iter()
-            .map(|u| u.to_string())
-            .collect();
-        users.sort();
-        users
+        self.hub.room_users(room)
     }
 
     /// Sends `text` to every local connection of `user`.

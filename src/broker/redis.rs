@@ -328,12 +328,7 @@ impl RedisBroker {
     /// The users present in `room` on every instance, and whether Redis was
     /// unreachable (then only this instance's are known).
     pub async fn presence(&self, room: &str) -> (Vec<String>, bool) {
-        let mut users: Vec<String> = self
-            .hub
-            .room_users(room)
-            .iter()
-            .map(|u| u.to_string())
-            .collect();
+        let mut users = self.hub.room_users(room);
         let listed = self.listed(room).await;
         let degraded = listed.is_none();
         users.extend(listed.unwrap_or_default());
