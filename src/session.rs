@@ -86,15 +86,21 @@ where
     )
     .await;
     let id = registration.id();
+    if matches!(ending, Ending::Close(_)) {
+        // What the last turn queued (a `system.error` for the message that
+        // spent the error budget, say) goes out before the close frame.
+        // A killed outbox holds nothing; `close` bounds the time it takes.
+        registration.outbox().drain_into(&mut pending);
+    }
     drop(registration);
-    close(ending, pending.pop_front(), inbound, &mut writer).await;
+    close(ending, pending, inbound, &mut writer).await;
     tracing::debug!(conn = id, %user, active = app.hub.len(), "client disconnected");
 }
 
 /// The session loop proper: returns as soon as the connection must end.
 ///
 /// On return `pending` holds at most one frame: the rest of a frame whose
-/// write was interrupted, which must go out before any close frame.
+/// write was interrupted, which must go out before anything else.
 async fn serve<S, W>(
     app: &App,
     reg: &mut Registration,
@@ -382,12 +388,12 @@ where
     writer.flush().await
 }
 
-/// Ends the connection the way `ending` asks, after finishing `unfinished`
-/// (the tail of an interrupted frame), never for longer than the close grace
-/// per step, then shuts the socket down.
+/// Ends the connection the way `ending` asks, after writing `frames` (the
+/// tail of an interrupted frame, then whatever was still queued), never for
+/// longer than the close grace per step, then shuts the socket down.
 async fn close<S, W>(
     ending: Ending,
-    unfinished: Option<Bytes>,
+    mut frames: VecDeque<Bytes>,
     mut inbound: std::pin::Pin<&mut S>,
     writer: &mut W,
 ) where
@@ -400,7 +406,7 @@ async fn close<S, W>(
         Ending::Close(close) => close.frame(),
     };
     let initiated = matches!(ending, Ending::Close(_));
-    let mut frames: VecDeque<Bytes> = unfinished.into_iter().chain([frame]).collect();
+    frames.push_back(frame);
     let sent = timeout(CLOSE_GRACE, write_frames(writer, &mut frames)).await;
     if initiated && matches!(sent, Ok(Ok(()))) {
         // Wait for the client's close frame (or EOF), skipping data frames.
