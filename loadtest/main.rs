@@ -14,7 +14,8 @@
 //!   keeps them.
 //! * `--scenarios chatters,listeners` runs only those scenarios. goose matches
 //!   machine names, which drop the underscore: the reconnect storm is
-//!   `reconnectstorm` (`--scenarios-list` prints them all).
+//!   `reconnectstorm`, the room chatters `roomchatters` (`--scenarios-list`
+//!   prints them all).
 //! * `--host` defaults to `http://127.0.0.1:8050`; WebSockets go to the same
 //!   host with `ws://` (`wss://` for an `https://` host is not supported).
 //!
@@ -30,6 +31,10 @@
 //!   HTTP client so goose times them (`POST /notify/{user}` in the report).
 //! * `reconnect_storm` [1]: connect, read the greeting, drop the socket,
 //!   again every 0.1–0.5 s.
+//! * `room_chatters` [2]: join `/ws/rooms/lt-<n % 10>` as `rc-<n>` (the
+//!   typed JSON protocol), and every 1–5 s send a `chat.message` and time
+//!   its `chat.delivery` coming back: `WS ws_room_echo`. Each line also
+//!   reaches the other members of the room, about a tenth of these users.
 //!
 //! `WS ws_connect` is the time from starting the TCP connect to holding the
 //! greeting (`🟢 Connected to server`): what a client waits before the
@@ -80,6 +85,8 @@ static LISTENERS: AtomicUsize = AtomicUsize::new(0);
 static PUBLISHED: AtomicU64 = AtomicU64::new(0);
 /// Sequence number of the chatters' texts, unique so an echo is unambiguous.
 static CHATTED: AtomicU64 = AtomicU64::new(0);
+/// Rooms the room chatters share out: `lt-0` … `lt-9`.
+const ROOMS: usize = 10;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Failure = Box<TransactionError>;
@@ -92,6 +99,7 @@ async fn main() -> Result<(), GooseError> {
         .register_scenario(listeners()?)
         .register_scenario(publishers()?)
         .register_scenario(reconnect_storm()?)
+        .register_scenario(room_chatters()?)
         .execute()
         .await?;
     Ok(())
@@ -107,6 +115,23 @@ fn chatters() -> Result<Scenario, GooseError> {
                 .set_on_start(),
         )
         .register_transaction(transaction!(chat).set_name("chat"))
+        .register_transaction(
+            transaction!(disconnect)
+                .set_name("disconnect")
+                .set_on_stop(),
+        ))
+}
+
+fn room_chatters() -> Result<Scenario, GooseError> {
+    Ok(scenario!("room_chatters")
+        .set_weight(2)?
+        .set_wait_time(Duration::from_secs(1), Duration::from_secs(5))?
+        .register_transaction(
+            transaction!(connect_room_chatter)
+                .set_name("connect")
+                .set_on_start(),
+        )
+        .register_transaction(transaction!(room_chat).set_name("room_chat"))
         .register_transaction(
             transaction!(disconnect)
                 .set_name("disconnect")
@@ -156,7 +181,7 @@ fn reconnect_storm() -> Result<Scenario, GooseError> {
 /// On start: connect as chatter `chat-<user index>`.
 async fn connect_chatter(user: &mut GooseUser) -> TransactionResult {
     let id = format!("chat-{}", user.weighted_users_index);
-    let session = Session::new(user, id);
+    let session = Session::new(user, format!("/ws/{id}"), id, Greeting::Text);
     let conn = session.checkout(user).await?;
     session.keep(conn).await;
     Ok(())
@@ -165,7 +190,18 @@ async fn connect_chatter(user: &mut GooseUser) -> TransactionResult {
 /// On start: connect as listener `lt-<n>`, the ids the publishers notify.
 async fn connect_listener(user: &mut GooseUser) -> TransactionResult {
     let id = format!("lt-{}", LISTENERS.fetch_add(1, Ordering::Relaxed));
-    let session = Session::new(user, id);
+    let session = Session::new(user, format!("/ws/{id}"), id, Greeting::Text);
+    let conn = session.checkout(user).await?;
+    session.keep(conn).await;
+    Ok(())
+}
+
+/// On start: join room `lt-<n % ROOMS>` as `rc-<n>`.
+async fn connect_room_chatter(user: &mut GooseUser) -> TransactionResult {
+    let n = user.weighted_users_index;
+    let id = format!("rc-{n}");
+    let path = format!("/ws/rooms/lt-{}?user={id}", n % ROOMS);
+    let session = Session::new(user, path, id, Greeting::Roster);
     let conn = session.checkout(user).await?;
     session.keep(conn).await;
     Ok(())
@@ -174,31 +210,56 @@ async fn connect_listener(user: &mut GooseUser) -> TransactionResult {
 /// Sends one text and times its `You said:` echo, skipping any other frame.
 async fn chat(user: &mut GooseUser) -> TransactionResult {
     let session = Session::of(user)?;
-    let mut conn = session.checkout(user).await?;
     let seq = CHATTED.fetch_add(1, Ordering::Relaxed);
     let text = format!("{}:{seq}", session.client_id);
+    let echo = format!("You said: {text}");
+    round_trip(user, &session, "ws_echo", &text, |frame| frame == echo).await
+}
+
+/// Says one line in the room and times its `chat.delivery` coming back.
+async fn room_chat(user: &mut GooseUser) -> TransactionResult {
+    let session = Session::of(user)?;
+    let seq = CHATTED.fetch_add(1, Ordering::Relaxed);
+    let text = format!("{}:{seq}", session.client_id);
+    let room = format!("lt-{}", user.weighted_users_index % ROOMS);
+    let message = json!({ "type": "chat.message", "room": room, "text": text }).to_string();
+    // Our own encoding puts `"text"` after `"user"`: a substring is enough.
+    let needle = format!(r#""text":"{text}""#);
+    round_trip(user, &session, "ws_room_echo", &message, |frame| {
+        frame.starts_with(r#"{"type":"chat.delivery""#) && frame.contains(&needle)
+    })
+    .await
+}
+
+/// Sends `message` and records as `name` the time until the frame `answer`
+/// accepts arrives, skipping any other frame.
+async fn round_trip(
+    user: &mut GooseUser,
+    session: &Session,
+    name: &str,
+    message: &str,
+    answer: impl Fn(&str) -> bool,
+) -> TransactionResult {
+    let mut conn = session.checkout(user).await?;
     let sent = Instant::now();
-    let echo = match conn.send(&text).await {
-        Ok(()) => {
-            conn.wait_for(&format!("You said: {text}"), sent + ECHO_TIMEOUT)
-                .await
-        }
+    let echo = match conn.send(message).await {
+        Ok(()) => conn.wait_for(answer, sent + ECHO_TIMEOUT).await,
         Err(lost) => Err(lost),
     };
     match echo {
         Ok(arrived) => {
             session.keep(conn).await;
-            record(user, "ws_echo", arrived.duration_since(sent), None).await
+            record(user, name, arrived.duration_since(sent), None).await
         }
         Err(Wait::TimedOut) => {
             // A late echo is skipped by the next wait; the socket stays.
             session.keep(conn).await;
-            record(user, "ws_echo", sent.elapsed(), Some("echo timed out")).await?;
+            record(user, name, sent.elapsed(), Some("echo timed out")).await?;
             Err(fail(format!("no echo within {ECHO_TIMEOUT:?}")))
         }
         Err(Wait::Lost(why)) => {
             // `conn` is dropped here; the next transaction reconnects.
-            record(user, "ws_echo", sent.elapsed(), Some(&why)).await?;
+            record(user, name, sent.elapsed(), Some(&why)).await?;
             Err(fail(why))
         }
     }
@@ -271,7 +332,7 @@ async fn notify(user: &mut GooseUser) -> TransactionResult {
 /// server has to notice the end of the socket and forget the client.
 async fn reconnect(user: &mut GooseUser) -> TransactionResult {
     let id = format!("storm-{}", user.weighted_users_index);
-    let ws = open_recorded(user, &id).await?;
+    let ws = open_recorded(user, &format!("/ws/{id}"), Greeting::Text).await?;
     drop(ws);
     Ok(())
 }
@@ -287,15 +348,38 @@ async fn reconnect(user: &mut GooseUser) -> TransactionResult {
 /// that failed is simply dropped, and the next transaction reconnects.
 #[derive(Clone)]
 struct Session {
+    /// The path to connect to (`/ws/<id>` or `/ws/rooms/<room>?user=<id>`).
+    path: Arc<str>,
     client_id: Arc<str>,
+    greeting: Greeting,
     conn: Arc<Mutex<Option<Conn>>>,
 }
 
+/// What the first frame of a connection must be.
+#[derive(Clone, Copy)]
+enum Greeting {
+    /// `🟢 Connected to server` (`/ws`).
+    Text,
+    /// `{"type":"room.joined",…}` (`/ws/rooms/{room}`).
+    Roster,
+}
+
+impl Greeting {
+    fn accepts(self, text: &str) -> bool {
+        match self {
+            Greeting::Text => text == GREETING,
+            Greeting::Roster => text.starts_with(r#"{"type":"room.joined""#),
+        }
+    }
+}
+
 impl Session {
-    /// A new, unconnected session for `client_id`, stored in `user`.
-    fn new(user: &mut GooseUser, client_id: String) -> Session {
+    /// A new, unconnected session of `client_id` on `path`, stored in `user`.
+    fn new(user: &mut GooseUser, path: String, client_id: String, greeting: Greeting) -> Session {
         let session = Session {
+            path: path.into(),
             client_id: client_id.into(),
+            greeting,
             conn: Arc::new(Mutex::new(None)),
         };
         user.set_session_data(session.clone());
@@ -314,7 +398,7 @@ impl Session {
         if let Some(conn) = self.conn.lock().await.take() {
             return Ok(conn);
         }
-        let ws = open_recorded(user, &self.client_id).await?;
+        let ws = open_recorded(user, &self.path, self.greeting).await?;
         Ok(Conn::start(ws))
     }
 
@@ -402,11 +486,16 @@ impl Conn {
         }
     }
 
-    /// When the frame `expected` arrived; every other frame is skipped.
-    async fn wait_for(&mut self, expected: &str, deadline: Instant) -> Result<Instant, Wait> {
+    /// When the first frame `expected` accepts arrived; every other frame
+    /// is skipped.
+    async fn wait_for(
+        &mut self,
+        expected: impl Fn(&str) -> bool,
+        deadline: Instant,
+    ) -> Result<Instant, Wait> {
         loop {
             let frame = self.next_frame(deadline).await?;
-            if frame.text.as_str() == expected {
+            if expected(frame.text.as_str()) {
                 return Ok(frame.at);
             }
         }
@@ -458,12 +547,16 @@ async fn read_frames(mut stream: SplitStream<Ws>, tx: mpsc::UnboundedSender<Inbo
 
 // ---------------------------------------------------------------- connecting
 
-/// Opens the WebSocket of `client_id` and records the time to the greeting
-/// as `ws_connect`, a failure if there is no greeting.
-async fn open_recorded(user: &mut GooseUser, client_id: &str) -> Result<Ws, Failure> {
-    let url = ws_url(user, client_id)?;
+/// Opens the WebSocket at `path` and records the time to the greeting as
+/// `ws_connect`, a failure if there is no greeting.
+async fn open_recorded(
+    user: &mut GooseUser,
+    path: &str,
+    greeting: Greeting,
+) -> Result<Ws, Failure> {
+    let url = ws_url(user, path)?;
     let started = Instant::now();
-    let opened = match timeout(CONNECT_TIMEOUT, open(&url)).await {
+    let opened = match timeout(CONNECT_TIMEOUT, open(&url, greeting)).await {
         Ok(opened) => opened,
         Err(_elapsed) => Err(format!("no greeting within {CONNECT_TIMEOUT:?}")),
     };
@@ -473,13 +566,13 @@ async fn open_recorded(user: &mut GooseUser, client_id: &str) -> Result<Ws, Fail
 }
 
 /// Connects and reads the greeting, which must be the first text frame.
-async fn open(url: &str) -> Result<Ws, String> {
+async fn open(url: &str, greeting: Greeting) -> Result<Ws, String> {
     let (mut ws, _response) = connect_async(url)
         .await
         .map_err(|e| format!("connect failed: {e}"))?;
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) if text.as_str() == GREETING => return Ok(ws),
+            Some(Ok(Message::Text(text))) if greeting.accepts(text.as_str()) => return Ok(ws),
             Some(Ok(Message::Text(text))) => {
                 return Err(format!("first frame is not the greeting: {text}"));
             }
@@ -491,9 +584,9 @@ async fn open(url: &str) -> Result<Ws, String> {
     }
 }
 
-/// `ws://host/ws/<client_id>` for goose's `http://host` (`--host`).
-fn ws_url(user: &GooseUser, client_id: &str) -> Result<String, Failure> {
-    let http = user.build_url(&format!("/ws/{client_id}"))?;
+/// `ws://host<path>` for goose's `http://host` (`--host`).
+fn ws_url(user: &GooseUser, path: &str) -> Result<String, Failure> {
+    let http = user.build_url(path)?;
     if let Some(rest) = http.strip_prefix("http://") {
         Ok(format!("ws://{rest}"))
     } else if let Some(rest) = http.strip_prefix("https://") {
