@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::app::App;
@@ -104,10 +104,16 @@ where
     let Some(route) = Route::parse(req.uri().path()) else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
-    if req.method() != route.allow() {
+    // HEAD is GET without the body (hyper leaves the body out).
+    let head_of_get = req.method() == Method::HEAD && route.allow() == "GET";
+    if req.method() != route.allow() && !head_of_get {
+        let allow = match route.allow() {
+            "GET" => "GET, HEAD",
+            other => other,
+        };
         let mut res = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         res.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(route.allow()));
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
         return res;
     }
     if route.publishes() && !app.auth.publisher_allowed(req.headers()) {
@@ -419,7 +425,6 @@ pub fn retry_after() -> HeaderValue {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use hyper::Method;
 
     async fn call(app: &Arc<App>, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
         let req = Request::builder()

@@ -287,9 +287,10 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
     }
     for (method, path, allow) in [
         (Method::GET, "/broadcast", "POST"),
-        (Method::POST, "/health", "GET"),
-        (Method::DELETE, "/connections", "GET"),
-        (Method::POST, "/ws", "GET"),
+        (Method::HEAD, "/broadcast", "POST"),
+        (Method::POST, "/health", "GET, HEAD"),
+        (Method::DELETE, "/connections", "GET, HEAD"),
+        (Method::POST, "/ws", "GET, HEAD"),
     ] {
         let reply = http(server.addr, method.clone(), path, "").await;
         assert_eq!(
@@ -319,4 +320,23 @@ async fn a_long_client_id_is_refused() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn head_is_get_without_the_body() {
+    let server = TestServer::quiet().await;
+    for path in ["/health", "/ready", "/connections", "/metrics", "/"] {
+        let get = http(server.addr, Method::GET, path, "").await;
+        let head = http(server.addr, Method::HEAD, path, "").await;
+        assert_eq!(head.status, get.status, "{path}");
+        assert_eq!(
+            head.headers["content-type"], get.headers["content-type"],
+            "{path}"
+        );
+        assert!(!get.body.is_empty());
+        assert_eq!(head.body, "", "{path}: HEAD carries no body");
+    }
+    // A HEAD to the WebSocket endpoint is no upgrade.
+    let reply = http(server.addr, Method::HEAD, "/ws", "").await;
+    assert_eq!(reply.status, StatusCode::UPGRADE_REQUIRED);
 }

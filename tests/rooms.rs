@@ -858,7 +858,7 @@ async fn post_publish_refuses_bad_requests() {
     for (method, path, allow) in [
         (Method::GET, "/rooms/test/publish", "POST"),
         (Method::PUT, "/rooms/test/publish", "POST"),
-        (Method::POST, "/rooms/test/presence", "GET"),
+        (Method::POST, "/rooms/test/presence", "GET, HEAD"),
     ] {
         let reply = http(server.addr, method.clone(), path, r#"{"text":"x"}"#).await;
         assert_eq!(
