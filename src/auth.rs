@@ -320,10 +320,14 @@ impl Jwt {
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|err| token_error(err.into_kind()))?;
-        // The library skips an `exp` it cannot parse when `exp` is optional;
-        // a token that carries one must carry a number.
-        if data.claims.exp.as_ref().is_some_and(|exp| !exp.is_number()) {
+        // The library skips an `exp` or `nbf` it cannot read as seconds (a
+        // string, a negative number, 1e30) unless the claim is required: a
+        // token that carries one must carry a usable one.
+        if !seconds_or_absent(data.claims.exp.as_ref()) {
             return Err(TokenError::InvalidClaim("exp"));
+        }
+        if !seconds_or_absent(data.claims.nbf.as_ref()) {
+            return Err(TokenError::InvalidClaim("nbf"));
         }
         match data.claims.sub {
             None | Some(Value::Null) => Err(TokenError::MissingClaim("sub".to_owned())),
@@ -341,6 +345,21 @@ struct Claims {
     sub: Option<Value>,
     #[serde(default)]
     exp: Option<Value>,
+    #[serde(default)]
+    nbf: Option<Value>,
+}
+
+/// Whether a time claim is absent or a number of seconds the library reads.
+fn seconds_or_absent(claim: Option<&Value>) -> bool {
+    match claim {
+        None | Some(Value::Null) => true,
+        Some(Value::Number(n)) => {
+            n.is_u64()
+                || n.as_f64()
+                    .is_some_and(|f| (0.0..u64::MAX as f64).contains(&f))
+        }
+        Some(_) => false,
+    }
 }
 
 fn algorithm(name: &str) -> Result<(Algorithm, &'static str), AuthError> {
@@ -799,6 +818,22 @@ mod tests {
                     secret,
                 ),
                 TokenError::InvalidClaim("exp"),
+            ),
+            (
+                sign(
+                    Algorithm::HS256,
+                    serde_json::json!({"sub":"u1","exp":-1}),
+                    secret,
+                ),
+                TokenError::InvalidClaim("exp"),
+            ),
+            (
+                sign(
+                    Algorithm::HS256,
+                    serde_json::json!({"sub":"u1","nbf":"2026-01-01"}),
+                    secret,
+                ),
+                TokenError::InvalidClaim("nbf"),
             ),
             (
                 sign(Algorithm::HS256, serde_json::json!({"exp":now+60}), secret),

@@ -170,9 +170,9 @@ pub struct Config {
     /// Seconds a user stays listed as present in a room after their
     /// instance last refreshed the entry (Redis mode; refreshed with the
     /// heartbeat, at least twice per TTL). An instance that dies without
-    /// cleaning up drops out of presence within this time. Must be > 0.
+    /// cleaning up drops out of presence within this time. At least 1.
     /// Default: 60.
-    #[arg(long, env = "PRESENCE_TTL", default_value = "60", value_parser = positive_secs)]
+    #[arg(long, env = "PRESENCE_TTL", default_value = "60", value_parser = presence_ttl)]
     pub presence_ttl: Duration,
 
     /// Longest `text` of a `chat.message`, in characters (1 ..= 16777216);
@@ -218,13 +218,15 @@ impl Config {
     }
 
     /// How often an instance refreshes its presence entries in Redis: with
-    /// the heartbeat, but at least twice per `PRESENCE_TTL`.
+    /// the heartbeat, but at least twice per `PRESENCE_TTL`, and at most ten
+    /// times a second.
     pub fn presence_refresh(&self) -> Duration {
         let half = self.presence_ttl / 2;
-        match self.heartbeat_interval {
+        let every = match self.heartbeat_interval {
             d if d.is_zero() => half,
             d => d.min(half),
-        }
+        };
+        every.max(Duration::from_millis(100))
     }
 }
 
@@ -249,6 +251,15 @@ fn non_negative_secs(value: &str) -> Result<Duration, String> {
 fn positive_secs(value: &str) -> Result<Duration, String> {
     match non_negative_secs(value)? {
         d if d.is_zero() => Err(format!("`{value}` must be greater than 0")),
+        d => Ok(d),
+    }
+}
+
+/// `PRESENCE_TTL`: at least one second, so the refresh period (half of it
+/// at most) stays a sensible timer.
+fn presence_ttl(value: &str) -> Result<Duration, String> {
+    match non_negative_secs(value)? {
+        d if d < Duration::from_secs(1) => Err(format!("`{value}` must be at least 1 second")),
         d => Ok(d),
     }
 }
@@ -342,7 +353,7 @@ mod tests {
             (&["--outbound-queue", "many"], "whole number"),
             (&["--redis-url", "http://nope"], "not a Redis URL"),
             (&["--redis-timeout", "0"], "greater than 0"),
-            (&["--presence-ttl", "0"], "greater than 0"),
+            (&["--presence-ttl", "0.5"], "at least 1 second"),
             (&["--max-text-length", "0"], "between 1 and"),
         ] {
             let err = parse(args).unwrap_err().to_string();

@@ -597,14 +597,16 @@ impl Hub {
 }
 
 impl Fanout {
-    fn record(&mut self, push: Push, id: ConnId, user: &str) {
+    /// Counts one push; `to` names the fan-out's target (a user, a room)
+    /// for the log.
+    fn record(&mut self, push: Push, id: ConnId, to: &str) {
         match push {
             Push::Queued => self.queued += 1,
             Push::Overflowed => {
                 self.overflowed += 1;
                 tracing::warn!(
                     conn = id,
-                    user,
+                    to,
                     "slow consumer: outbound queue full, disconnecting"
                 );
             }

@@ -757,3 +757,76 @@ async fn presence_settles_everywhere_after_redis_freezes_longer_than_the_ttl() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// A client that joins and leaves rooms as fast as it can (rate limit off)
+/// floods the supervisor with membership changes; they are taken in
+/// coalesced batches, so the link stays up (no outage, `/ready` 200), every
+/// churned room ends empty in Redis, and the instance still delivers.
+#[tokio::test]
+async fn a_client_churning_rooms_neither_stalls_the_link_nor_leaves_presence_behind() {
+    let redis = Redis::start().await;
+    let a = instance_with(Config {
+        rate_limit: 0,
+        ..config(&redis)
+    })
+    .await;
+    let b = instance(&redis).await;
+    let (mut stay, _) = join_room(b.addr, ROOM, "stay").await;
+    let (mut churner, _) = join_room(a.addr, ROOM, "churner").await;
+    wait_for_subscribers(&redis, "rooms:test", 2).await;
+    wait_for_presence(b.addr, ROOM, &["churner", "stay"]).await;
+    expect_join(&mut stay, "churner").await;
+
+    let rooms: Vec<String> = (0..60).map(|i| format!("churn-{i}")).collect();
+    for _ in 0..10 {
+        for room in &rooms {
+            send_json(
+                &mut churner,
+                &ClientMessage::RoomJoin { room: room.clone() },
+            )
+            .await;
+        }
+        for room in &rooms {
+            send_json(
+                &mut churner,
+                &ClientMessage::RoomLeave { room: room.clone() },
+            )
+            .await;
+        }
+    }
+    // 1200 answers (a roster and a room.left per cycle and room), in order;
+    // presence events of the room `test` may come in between.
+    for _ in 0..10 {
+        for room in &rooms {
+            match next_answer(&mut churner).await {
+                ServerMessage::Joined { room: r, users } => {
+                    assert_eq!((&r, users), (room, vec!["churner".to_owned()]))
+                }
+                other => panic!("expected room.joined {room}, got {other:?}"),
+            }
+        }
+        for room in &rooms {
+            let left = ServerMessage::Left { room: room.clone() };
+            assert_eq!(next_answer(&mut churner).await, left);
+        }
+    }
+    for room in &rooms {
+        wait_for_presence(b.addr, room, &[]).await;
+    }
+    let health = http(a.addr, Method::GET, "/health", "").await.json();
+    assert_eq!(health["broker"]["status"], "ok", "{health}");
+    assert_eq!(health["broker"]["outages"], 0, "{health}");
+    send_json(&mut churner, &chat(ROOM, "still here")).await;
+    expect_said(&mut stay, "churner", "still here").await;
+    expect_said(&mut churner, "churner", "still here").await;
+}
+
+/// The next message that is not a presence event.
+async fn next_answer(ws: &mut Ws) -> ServerMessage {
+    loop {
+        match next_json(ws).await {
+            ServerMessage::PresenceJoin { .. } | ServerMessage::PresenceLeave { .. } => {}
+            other => return other,
+        }
+    }
+}

@@ -4,9 +4,11 @@
 //! dispatch and boxed futures, and `match` shows every difference in one place.
 //!
 //! - [`memory`]: the default; this process's hub is the whole world.
-//! - [`redis`]: several instances share Redis Pub/Sub (`REDIS_URL`).
+//! - [`redis`]: several instances share Redis Pub/Sub (`REDIS_URL`), with
+//!   presence kept in Redis by [`presence`].
 
 pub mod memory;
+pub mod presence;
 pub mod redis;
 
 use std::sync::Arc;

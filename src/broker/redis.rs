@@ -15,15 +15,16 @@
 //! from the subscription; while Redis is down they reach local clients only.
 //!
 //! Rooms work like broadcasts on `rooms:{room}`, subscribed while this
-//! instance holds a member. Presence lives in Redis with a TTL (seed 003):
-//! `wsnotify:presence:{room}` is a sorted set of users scored by the time
-//! their entry expires, and `wsnotify:presence-of:{len}:{room}:{user}` the
-//! instances holding that user, scored the same way. Lua scripts keep the
-//! two consistent and decide, atomically, who sends `presence.join` (the
-//! first instance to hold the user) and `presence.leave` (the last to let
-//! go, or the first to notice an expired entry). Times come from Redis'
-//! `TIME`, so instance clocks need not agree.
+//! instance holds a member. Presence lives in Redis with a TTL (seed 003,
+//! [`super::presence`]). The hub's changes reach the supervisor as
+//! [`Membership`] events; it takes them in batches, keeps only each
+//! channel's and each room/user pair's final state, and turns a batch into a
+//! few pipelined commands, so a client joining and leaving rooms in a loop
+//! costs Redis round trips per batch, not per event. Presence announcements
+//! are published by the supervisor itself, right after the script that
+//! decided them, never through the droppable publish queue.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Notified;
+use crate::broker::presence::PresenceStore;
 use crate::config::Config;
 use crate::hub::{ConnId, Fanout, Hub, Membership};
 use crate::message::{ServerMessage, now_ms};
@@ -53,79 +55,6 @@ pub const NOTIFY_PREFIX: &str = "notifications:";
 pub const COUNT_PREFIX: &str = "wsnotify:connections:";
 /// Prefix of the room channels: `rooms:{room}`.
 pub const ROOM_PREFIX: &str = "rooms:";
-/// Prefix of the presence sets: `wsnotify:presence:{room}`.
-pub const PRESENCE_PREFIX: &str = "wsnotify:presence:";
-/// Presence pairs refreshed per script call.
-const PRESENCE_CHUNK: usize = 256;
-
-/// Adds or refreshes this instance's presence entries. ARGV: instance,
-/// ttl_ms, then room/user pairs. Returns the pairs that nobody held before
-/// (to announce with `presence.join`) and the pairs of the same rooms whose
-/// entries expired (to announce with `presence.leave`).
-const REFRESH_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-local deadline = now + ttl
-local arrived, departed, rooms = {}, {}, {}
-for i = 3, #ARGV, 2 do
-  local room, user = ARGV[i], ARGV[i + 1]
-  local rk = 'wsnotify:presence:' .. room
-  local uk = 'wsnotify:presence-of:' .. string.len(room) .. ':' .. room .. ':' .. user
-  redis.call('ZREMRANGEBYSCORE', uk, '-inf', now)
-  local before = redis.call('ZCARD', uk)
-  redis.call('ZADD', uk, deadline, ARGV[1])
-  redis.call('PEXPIRE', uk, ttl)
-  local score = redis.call('ZSCORE', rk, user)
-  if (not score) or tonumber(score) < deadline then
-    redis.call('ZADD', rk, deadline, user)
-  end
-  redis.call('PEXPIRE', rk, ttl)
-  if before == 0 then
-    arrived[#arrived + 1] = room
-    arrived[#arrived + 1] = user
-  end
-  rooms[room] = true
-end
-for room in pairs(rooms) do
-  local rk = 'wsnotify:presence:' .. room
-  local gone = redis.call('ZRANGEBYSCORE', rk, '-inf', now)
-  if #gone > 0 then
-    redis.call('ZREMRANGEBYSCORE', rk, '-inf', now)
-    for _, user in ipairs(gone) do
-      departed[#departed + 1] = room
-      departed[#departed + 1] = user
-    end
-  end
-end
-return {arrived, departed}
-";
-
-/// Removes this instance's entry for a room/user. ARGV: instance, room,
-/// user. Returns 1 when no instance holds the user any more (announce
-/// `presence.leave`), else 0.
-const LEAVE_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local room, user = ARGV[2], ARGV[3]
-local rk = 'wsnotify:presence:' .. room
-local uk = 'wsnotify:presence-of:' .. string.len(room) .. ':' .. room .. ':' .. user
-redis.call('ZREM', uk, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', uk, '-inf', now)
-local top = redis.call('ZRANGE', uk, -1, -1, 'WITHSCORES')
-if #top == 0 then
-  return redis.call('ZREM', rk, user)
-end
-redis.call('ZADD', rk, top[2], user)
-return 0
-";
-
-/// The users present in a room. ARGV: room.
-const LIST_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', 'wsnotify:presence:' .. ARGV[1], '(' .. now, '+inf')
-";
 /// First reconnect delay after a failure; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnect delay, so a restarted Redis is found within seconds.
@@ -137,6 +66,8 @@ const PUBLISH_QUEUE: usize = 8192;
 const PUBLISH_BATCH: usize = 64;
 /// Channels per SUBSCRIBE command when resubscribing.
 const SUBSCRIBE_CHUNK: usize = 512;
+/// Membership events the supervisor takes in one batch.
+const MEMBERSHIP_BATCH: usize = 4096;
 
 /// Errors the Redis broker reports at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -225,9 +156,10 @@ pub struct RedisBroker {
     health: Mutex<Health>,
     /// (channel, envelope) pairs for the publisher task.
     outgoing: mpsc::Sender<(String, String)>,
-    refresh_script: redis::Script,
-    leave_script: redis::Script,
-    list_script: redis::Script,
+    presence: PresenceStore,
+    /// A roster could not be read from Redis: resend every room's roster at
+    /// the next presence refresh.
+    needs_resync: AtomicBool,
     /// A command that failed asks the supervisor to check the link now.
     suspect: Notify,
     stop: CancellationToken,
@@ -257,6 +189,8 @@ impl RedisBroker {
         let client = Client::open(settings.url.as_str()).map_err(RedisError::Url)?;
         let (outgoing, publish_queue) = mpsc::channel(PUBLISH_QUEUE);
         metrics.broker_up(false);
+        let presence =
+            PresenceStore::new(&settings.instance, settings.presence_ttl, settings.timeout);
         let broker = Arc::new(RedisBroker {
             settings,
             client,
@@ -269,9 +203,8 @@ impl RedisBroker {
                 ..Health::default()
             }),
             outgoing,
-            refresh_script: redis::Script::new(REFRESH_SCRIPT),
-            leave_script: redis::Script::new(LEAVE_SCRIPT),
-            list_script: redis::Script::new(LIST_SCRIPT),
+            presence,
+            needs_resync: AtomicBool::new(false),
             suspect: Notify::new(),
             stop: CancellationToken::new(),
             supervised: CancellationToken::new(),
@@ -338,15 +271,14 @@ impl RedisBroker {
     }
 
     /// The users Redis lists as present in `room`, or `None` while Redis is
-    /// unreachable.
+    /// unreachable (then every roster is re-sent at the next refresh).
     pub async fn listed(&self, room: &str) -> Option<Vec<String>> {
         let mut conn = self.command_connection()?;
-        let mut invocation = self.list_script.prepare_invoke();
-        invocation.arg(room);
-        let list = invocation.invoke_async::<Vec<String>>(&mut conn);
-        match timeout(self.settings.timeout, list).await {
-            Ok(Ok(listed)) => Some(listed),
-            _ => {
+        match self.presence.list(&mut conn, &[room]).await {
+            Ok(mut lists) => lists.pop(),
+            Err(err) => {
+                tracing::debug!(%err, room, "could not list a room's presence");
+                self.needs_resync.store(true, Ordering::Relaxed);
                 self.suspect.notify_one();
                 None
             }
@@ -444,7 +376,9 @@ impl RedisBroker {
     pub async fn close(&self) {
         self.stop.cancel();
         self.tasks.close();
-        if timeout(self.settings.timeout * 2, self.tasks.wait())
+        // The supervisor's last step: subscriptions, two presence scripts,
+        // the announcements and the count, each bounded by the timeout.
+        if timeout(self.settings.timeout * 6, self.tasks.wait())
             .await
             .is_err()
         {
@@ -564,23 +498,18 @@ impl RedisBroker {
         loop {
             let result = tokio::select! {
                 _ = self.stop.cancelled() => {
-                    // Sessions have ended: withdraw their presence, then the
-                    // count. The publisher sends the announcements once the
-                    // supervisor has returned.
-                    let last = async {
-                        while let Ok(change) = memberships.try_recv() {
-                            if let Membership::Departed { room, user } = change
-                                && self.depart(&mut conn, &room, &user).await?
-                            {
-                                self.announce_leave(&room, &user);
-                            }
-                        }
-                        redis::cmd("DEL")
-                            .arg(self.settings.count_key())
-                            .query_async::<()>(&mut conn)
-                            .await
-                    };
-                    let _ = timeout(self.settings.timeout * 2, last).await;
+                    // Sessions have ended: withdraw their presence (and
+                    // announce it), then the count.
+                    let mut last = Vec::new();
+                    while let Ok(change) = memberships.try_recv() {
+                        last.push(change);
+                    }
+                    if let Err(err) = self.follow(&mut sink, &mut conn, last).await {
+                        tracing::debug!(%err, "could not withdraw the last presence entries");
+                    }
+                    let mut del = redis::cmd("DEL");
+                    del.arg(self.settings.count_key());
+                    let _ = timeout(self.settings.timeout, del.query_async::<()>(&mut conn)).await;
                     return None;
                 }
                 message = stream.next() => match message {
@@ -590,21 +519,24 @@ impl RedisBroker {
                     }
                     None => return Some("the subscription connection closed".to_owned()),
                 },
-                Some(change) = memberships.recv() => self.follow(&mut sink, &mut conn, change).await,
+                Some(first) = memberships.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < MEMBERSHIP_BATCH {
+                        match memberships.try_recv() {
+                            Ok(change) => batch.push(change),
+                            Err(_) => break,
+                        }
+                    }
+                    self.follow(&mut sink, &mut conn, batch).await
+                }
                 _ = check.tick() => self.check(&mut sink, &mut conn).await,
                 _ = presence.tick() => {
                     let first = std::mem::take(&mut resync);
-                    let refresh = async {
-                        self.refresh_presence(&mut conn).await?;
-                        if first {
-                            self.resync_rosters(&mut conn).await?;
-                        }
-                        Ok::<_, redis::RedisError>(())
-                    };
-                    match timeout(self.settings.timeout, refresh).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(err)) => Err(err.to_string()),
-                        Err(_) => Err("presence refresh timed out".to_owned()),
+                    let refreshed = self.refresh_presence(&mut conn).await;
+                    if refreshed.is_ok() && (first || self.needs_resync.swap(false, Ordering::Relaxed)) {
+                        self.resync_rosters(&mut conn).await
+                    } else {
+                        refreshed
                     }
                 }
                 _ = self.suspect.notified() => self.check(&mut sink, &mut conn).await,
@@ -615,144 +547,128 @@ impl RedisBroker {
         }
     }
 
-    /// Follows a change of the hub: subscribes to a user's or room's channel
-    /// on their first local connection and unsubscribes after their last;
-    /// records presence arrivals and departures.
+    /// Follows a batch of the hub's changes. Only each channel's and each
+    /// room/user pair's final state counts: a user who arrived and left
+    /// within the batch was never announced, so nothing is sent for them.
+    /// Subscriptions come first, so a room's channel is followed before its
+    /// arrivals are announced.
     async fn follow(
         &self,
         sink: &mut PubSubSink,
         conn: &mut MultiplexedConnection,
-        change: Membership,
+        batch: Vec<Membership>,
     ) -> Result<(), String> {
-        let command = async {
+        let mut channels: HashMap<String, bool> = HashMap::new();
+        let mut pairs: HashMap<(Arc<str>, Arc<str>), bool> = HashMap::new();
+        for change in batch {
             match change {
-                Membership::Joined(user) => sink.subscribe(format!("{NOTIFY_PREFIX}{user}")).await,
-                Membership::Left(user) => sink.unsubscribe(format!("{NOTIFY_PREFIX}{user}")).await,
-                Membership::Opened(room) => sink.subscribe(format!("{ROOM_PREFIX}{room}")).await,
-                Membership::Closed(room) => sink.unsubscribe(format!("{ROOM_PREFIX}{room}")).await,
-                Membership::Arrived { room, user } => self.arrive(conn, &room, &user).await,
-                Membership::Departed { room, user } => {
-                    if self.depart(conn, &room, &user).await? {
-                        self.announce_leave(&room, &user);
-                    }
-                    Ok(())
-                }
+                Membership::Joined(user) => channels.insert(format!("{NOTIFY_PREFIX}{user}"), true),
+                Membership::Left(user) => channels.insert(format!("{NOTIFY_PREFIX}{user}"), false),
+                Membership::Opened(room) => channels.insert(format!("{ROOM_PREFIX}{room}"), true),
+                Membership::Closed(room) => channels.insert(format!("{ROOM_PREFIX}{room}"), false),
+                Membership::Arrived { room, user } => pairs.insert((room, user), true),
+                Membership::Departed { room, user } => pairs.insert((room, user), false),
+            };
+        }
+        let (subscribe, unsubscribe): (Vec<_>, Vec<_>) =
+            channels.into_iter().partition(|(_, on)| *on);
+        let names =
+            |list: Vec<(String, bool)>| list.into_iter().map(|(c, _)| c).collect::<Vec<_>>();
+        let subscriptions = async {
+            for chunk in names(subscribe).chunks(SUBSCRIBE_CHUNK) {
+                sink.subscribe(chunk).await?;
             }
+            for chunk in names(unsubscribe).chunks(SUBSCRIBE_CHUNK) {
+                sink.unsubscribe(chunk).await?;
+            }
+            Ok::<(), redis::RedisError>(())
         };
-        match timeout(self.settings.timeout, command).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err("a Redis command timed out".to_owned()),
+        match timeout(self.settings.timeout, subscriptions).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(err.to_string()),
+            Err(_) => return Err("SUBSCRIBE timed out".to_owned()),
         }
+        let (arrived, departed): (Vec<_>, Vec<_>) = pairs.into_iter().partition(|(_, on)| *on);
+        let arrived: Vec<_> = arrived.into_iter().map(|(pair, _)| pair).collect();
+        let departed: Vec<_> = departed.into_iter().map(|(pair, _)| pair).collect();
+        let joins = self.presence.refresh(conn, &arrived).await?;
+        let leaves = self.presence.leave(conn, &departed).await?;
+        self.announce(conn, &joins, &leaves).await
     }
 
-    /// Records that `user` is in `room` here; announces them if no instance
-    /// held them (`conn`, the arriving connection, already has its roster).
-    async fn arrive(
-        &self,
-        conn: &mut MultiplexedConnection,
-        room: &str,
-        user: &str,
-    ) -> redis::RedisResult<()> {
-        let (arrived, departed) = self.run_refresh(conn, &[(room, user)]).await?;
-        self.announce(&arrived, &departed);
-        Ok(())
-    }
-
-    /// Withdraws this instance's presence of `user` in `room`; `true` when no
-    /// other instance holds them, so the departure is to be announced.
-    async fn depart(
-        &self,
-        conn: &mut MultiplexedConnection,
-        room: &str,
-        user: &str,
-    ) -> redis::RedisResult<bool> {
-        let gone: i64 = self
-            .leave_script
-            .arg(&self.settings.instance)
-            .arg(room)
-            .arg(user)
-            .invoke_async(conn)
-            .await?;
-        Ok(gone == 1)
-    }
-
-    /// Refreshes every presence entry this instance holds, announcing users
-    /// who had expired (a Redis outage) and, in the same rooms, users whose
-    /// instance stopped refreshing them.
-    async fn refresh_presence(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        let pairs = self.hub.presences();
-        for chunk in pairs.chunks(PRESENCE_CHUNK) {
-            let chunk: Vec<(&str, &str)> = chunk.iter().map(|(r, u)| (&**r, &**u)).collect();
-            let (arrived, departed) = self.run_refresh(conn, &chunk).await?;
-            self.announce(&arrived, &departed);
+    /// Refreshes every presence entry this instance holds, then sweeps the
+    /// rooms it holds for entries that expired (an instance that died), and
+    /// announces both: users whose entries had expired here (a Redis outage)
+    /// rejoin, the swept ones leave.
+    async fn refresh_presence(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
+        let joins = self.presence.refresh(conn, &self.hub.presences()).await?;
+        let leaves = self.presence.sweep(conn, &self.hub.rooms()).await?;
+        for (room, user) in &leaves {
+            tracing::debug!(room, user, "presence expired");
         }
-        Ok(())
-    }
-
-    /// Announces the refresh script's results: `presence.join` for each
-    /// arrived room/user pair and `presence.leave` for each expired one.
-    fn announce(&self, arrived: &[String], departed: &[String]) {
-        for pair in arrived.chunks_exact(2) {
-            self.announce_join(&pair[0], &pair[1]);
-        }
-        for pair in departed.chunks_exact(2) {
-            tracing::debug!(room = %pair[0], user = %pair[1], "presence expired");
-            self.announce_leave(&pair[0], &pair[1]);
-        }
+        self.announce(conn, &joins, &leaves).await
     }
 
     /// Sends every local room a fresh `room.joined` from Redis' list: events
     /// published while this instance was cut off are lost (Pub/Sub keeps
     /// nothing), and entries that expired meanwhile were swept by nobody.
-    /// Runs once per link, right after the first refresh.
-    async fn resync_rosters(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        for room in self.hub.rooms() {
-            let mut invocation = self.list_script.prepare_invoke();
-            invocation.arg(&*room);
-            let listed: Vec<String> = invocation.invoke_async(conn).await?;
-            self.hub.resync_room(&room, &listed);
+    /// Runs after the first refresh of each link, and after a failed list.
+    async fn resync_rosters(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
+        let rooms = self.hub.rooms();
+        let lists = self.presence.list(conn, &rooms).await?;
+        for (room, listed) in rooms.iter().zip(lists) {
+            self.hub.resync_room(room, &listed);
         }
         Ok(())
     }
 
-    /// Runs the refresh script over `pairs`: (arrived, departed), each a
-    /// flat list of room, user.
-    async fn run_refresh(
+    /// Announces presence changes: `presence.join` for `joins`,
+    /// `presence.leave` for `leaves`. Local members get them at once (but
+    /// never those of the user concerned); the others through `rooms:{room}`,
+    /// published here in one pipeline rather than through the publish queue,
+    /// which may drop: the scripts have already changed Redis, and nobody
+    /// else would announce these.
+    async fn announce(
         &self,
         conn: &mut MultiplexedConnection,
-        pairs: &[(&str, &str)],
-    ) -> redis::RedisResult<(Vec<String>, Vec<String>)> {
-        let mut invocation = self.refresh_script.prepare_invoke();
-        invocation
-            .arg(&self.settings.instance)
-            .arg(self.settings.presence_ttl.as_millis().max(1) as u64);
-        for (room, user) in pairs {
-            invocation.arg(*room).arg(*user);
+        joins: &[(String, String)],
+        leaves: &[(String, String)],
+    ) -> Result<(), String> {
+        if joins.is_empty() && leaves.is_empty() {
+            return Ok(());
         }
-        invocation.invoke_async(conn).await
-    }
-
-    fn announce_join(&self, room: &str, user: &str) {
-        let event = ServerMessage::PresenceJoin {
-            room: room.to_owned(),
-            user: user.to_owned(),
-            ts: now_ms(),
-        };
-        self.announce_presence(room, user, &event.encode());
-    }
-
-    fn announce_leave(&self, room: &str, user: &str) {
-        self.announce_presence(room, user, &leave(room, user).encode());
-    }
-
-    /// Like [`RedisBroker::publish_room`], but the local connections of
-    /// `user` are left out: nobody hears presence events about themselves
-    /// (after an outage an instance re-announces its own users).
-    fn announce_presence(&self, room: &str, user: &str, text: &str) {
-        self.hub
-            .send_presence(room, &protocol::text_frame(text), user);
-        self.enqueue(format!("{ROOM_PREFIX}{room}"), text, None);
+        let ts = now_ms();
+        let events = joins.iter().map(|(room, user)| {
+            let event = ServerMessage::PresenceJoin {
+                room: room.clone(),
+                user: user.clone(),
+                ts,
+            };
+            (room, user, event)
+        });
+        let events = events.chain(leaves.iter().map(|(room, user)| {
+            let event = ServerMessage::PresenceLeave {
+                room: room.clone(),
+                user: user.clone(),
+                ts,
+            };
+            (room, user, event)
+        }));
+        let mut pipe = redis::pipe();
+        for (room, user, event) in events {
+            let text = event.encode();
+            self.hub
+                .send_presence(room, &protocol::text_frame(&text), user);
+            pipe.cmd("PUBLISH")
+                .arg(format!("{ROOM_PREFIX}{room}"))
+                .arg(self.envelope(&text, None))
+                .ignore();
+        }
+        match timeout(self.settings.timeout, pipe.query_async::<()>(conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("publishing presence events timed out".to_owned()),
+        }
     }
 
     /// Pings the subscriber (a paused Redis answers nothing) and refreshes
@@ -922,15 +838,6 @@ fn presence_subject(text: &str) -> Option<String> {
             ServerMessage::PresenceJoin { user, .. } | ServerMessage::PresenceLeave { user, .. },
         ) => Some(user),
         _ => None,
-    }
-}
-
-/// The `presence.leave` of `user` in `room`, now.
-fn leave(room: &str, user: &str) -> ServerMessage {
-    ServerMessage::PresenceLeave {
-        room: room.to_owned(),
-        user: user.to_owned(),
-        ts: now_ms(),
     }
 }
 
