@@ -17,9 +17,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp
 use serde_json::{Value, json};
 use support::*;
 use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use wsnotify::Config;
 use wsnotify::auth::LEEWAY_SECS;
 
@@ -90,18 +88,6 @@ fn tampered(token: &str, claims: &Value) -> String {
     format!("{}.{payload}.{}", parts[0], parts[2])
 }
 
-/// An upgrade request for `path` with extra headers.
-fn request(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Request {
-    let mut req = server.url(path).into_client_request().unwrap();
-    for (name, value) in headers {
-        req.headers_mut().append(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
-        );
-    }
-    req
-}
-
 /// Upgrades (101 expected) and reads the greeting.
 async fn open(req: Request) -> (Ws, Response) {
     let (mut ws, res) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(req))
@@ -154,7 +140,12 @@ async fn assert_is_user(server: &TestServer, ws: &mut Ws, user: &str) {
 #[tokio::test]
 async fn hs256_token_in_the_query_connects_as_its_sub() {
     let server = TestServer::start(hs256()).await;
-    let (mut ws, res) = open(request(&server, &format!("/ws?token={}", hs("alice")), &[])).await;
+    let (mut ws, res) = open(upgrade_request(
+        &server,
+        &format!("/ws?token={}", hs("alice")),
+        &[],
+    ))
+    .await;
     assert!(res.headers().get("sec-websocket-protocol").is_none());
     assert_is_user(&server, &mut ws, "alice").await;
 }
@@ -163,7 +154,12 @@ async fn hs256_token_in_the_query_connects_as_its_sub() {
 async fn hs256_token_in_the_authorization_header() {
     let server = TestServer::start(hs256()).await;
     let bearer = format!("Bearer {}", hs("bob"));
-    let (mut ws, _) = open(request(&server, "/ws", &[("authorization", &bearer)])).await;
+    let (mut ws, _) = open(upgrade_request(
+        &server,
+        "/ws",
+        &[("authorization", &bearer)],
+    ))
+    .await;
     assert_is_user(&server, &mut ws, "bob").await;
 }
 
@@ -171,7 +167,7 @@ async fn hs256_token_in_the_authorization_header() {
 async fn hs256_token_in_sec_websocket_protocol_and_the_101_selects_bearer() {
     let server = TestServer::start(hs256()).await;
     let offered = format!("bearer, {}", hs("carol"));
-    let (mut ws, res) = open(request(
+    let (mut ws, res) = open(upgrade_request(
         &server,
         "/ws",
         &[("sec-websocket-protocol", &offered)],
@@ -182,7 +178,7 @@ async fn hs256_token_in_sec_websocket_protocol_and_the_101_selects_bearer() {
 
     // Other offered protocols around the pair do not matter.
     let offered = format!("chat.v1, bearer, {}, other", hs("dave"));
-    let (mut ws, res) = open(request(
+    let (mut ws, res) = open(upgrade_request(
         &server,
         "/ws",
         &[("sec-websocket-protocol", &offered)],
@@ -196,10 +192,15 @@ async fn hs256_token_in_sec_websocket_protocol_and_the_101_selects_bearer() {
 async fn the_sub_is_the_user_and_a_different_path_client_id_is_403() {
     let server = TestServer::start(hs256()).await;
     let token = hs("erin");
-    let (mut ws, _) = open(request(&server, &format!("/ws/erin?token={token}"), &[])).await;
+    let (mut ws, _) = open(upgrade_request(
+        &server,
+        &format!("/ws/erin?token={token}"),
+        &[],
+    ))
+    .await;
     assert_is_user(&server, &mut ws, "erin").await;
     assert_refused(
-        request(&server, &format!("/ws/mallory?token={token}"), &[]),
+        upgrade_request(&server, &format!("/ws/mallory?token={token}"), &[]),
         StatusCode::FORBIDDEN,
         "client_id does not match the token's sub",
     )
@@ -210,15 +211,15 @@ async fn the_sub_is_the_user_and_a_different_path_client_id_is_403() {
 async fn a_missing_token_is_401() {
     let server = TestServer::start(hs256()).await;
     for req in [
-        request(&server, "/ws", &[]),
-        request(&server, "/ws/alice", &[]),
-        request(&server, "/ws?token=", &[]),
-        request(&server, "/ws", &[("authorization", "Basic dXNlcjpwdw==")]),
+        upgrade_request(&server, "/ws", &[]),
+        upgrade_request(&server, "/ws/alice", &[]),
+        upgrade_request(&server, "/ws?token=", &[]),
+        upgrade_request(&server, "/ws", &[("authorization", "Basic dXNlcjpwdw==")]),
     ] {
         assert_refused(req, StatusCode::UNAUTHORIZED, "missing token").await;
     }
     // `bearer` offered without a token after it.
-    let (status, _, body) = refusal(request(
+    let (status, _, body) = refusal(upgrade_request(
         &server,
         "/ws",
         &[("sec-websocket-protocol", "bearer")],
@@ -236,14 +237,14 @@ async fn a_malformed_token_is_401() {
     let server = TestServer::start(hs256()).await;
     for bad in ["not-a-jwt", "a.b.c", "x.y.z.w"] {
         assert_refused(
-            request(&server, &format!("/ws?token={bad}"), &[]),
+            upgrade_request(&server, &format!("/ws?token={bad}"), &[]),
             StatusCode::UNAUTHORIZED,
             "malformed token",
         )
         .await;
     }
     assert_refused(
-        request(&server, "/ws", &[("authorization", "Bearer x.y")]),
+        upgrade_request(&server, "/ws", &[("authorization", "Bearer x.y")]),
         StatusCode::UNAUTHORIZED,
         "malformed token",
     )
@@ -259,14 +260,14 @@ async fn a_token_signed_with_another_secret_is_401() {
         &claims("alice", 300),
     );
     assert_refused(
-        request(&server, &format!("/ws?token={forged}"), &[]),
+        upgrade_request(&server, &format!("/ws?token={forged}"), &[]),
         StatusCode::UNAUTHORIZED,
         "invalid signature",
     )
     .await;
     let swapped = tampered(&hs("alice"), &claims("mallory", 300));
     assert_refused(
-        request(&server, &format!("/ws?token={swapped}"), &[]),
+        upgrade_request(&server, &format!("/ws?token={swapped}"), &[]),
         StatusCode::UNAUTHORIZED,
         "invalid signature",
     )
@@ -283,14 +284,14 @@ async fn an_expired_token_is_401_and_a_small_clock_skew_is_tolerated() {
         &claims("alice", -(LEEWAY_SECS as i64) - 60),
     );
     assert_refused(
-        request(&server, &format!("/ws?token={expired}"), &[]),
+        upgrade_request(&server, &format!("/ws?token={expired}"), &[]),
         StatusCode::UNAUTHORIZED,
         "token expired",
     )
     .await;
     // Expired 5 s ago: within the leeway.
     let just = sign(Algorithm::HS256, &key, &claims("alice", -5));
-    let (mut ws, _) = open(request(&server, &format!("/ws?token={just}"), &[])).await;
+    let (mut ws, _) = open(upgrade_request(&server, &format!("/ws?token={just}"), &[])).await;
     assert_is_user(&server, &mut ws, "alice").await;
 }
 
@@ -305,7 +306,7 @@ async fn a_token_of_another_algorithm_is_401() {
     );
     for token in [hs512, none] {
         assert_refused(
-            request(&server, &format!("/ws?token={token}"), &[]),
+            upgrade_request(&server, &format!("/ws?token={token}"), &[]),
             StatusCode::UNAUTHORIZED,
             "wrong algorithm",
         )
@@ -330,7 +331,7 @@ async fn a_token_without_sub_or_exp_is_401() {
     ] {
         let token = sign(Algorithm::HS256, &key, &claims);
         assert_refused(
-            request(&server, &format!("/ws?token={token}"), &[]),
+            upgrade_request(&server, &format!("/ws?token={token}"), &[]),
             StatusCode::UNAUTHORIZED,
             reason,
         )
@@ -345,7 +346,12 @@ async fn rs256_with_the_fixture_keys() {
     let server = TestServer::start(with_key_file("RS256", "rsa_public.pem")).await;
     let good = sign(Algorithm::RS256, &rsa_key(), &claims("rita", 300));
     let bearer = format!("Bearer {good}");
-    let (mut ws, _) = open(request(&server, "/ws", &[("authorization", &bearer)])).await;
+    let (mut ws, _) = open(upgrade_request(
+        &server,
+        "/ws",
+        &[("authorization", &bearer)],
+    ))
+    .await;
     assert_is_user(&server, &mut ws, "rita").await;
 
     let refused = [
@@ -373,7 +379,7 @@ async fn rs256_with_the_fixture_keys() {
     ];
     for (token, reason) in refused {
         assert_refused(
-            request(&server, &format!("/ws?token={token}"), &[]),
+            upgrade_request(&server, &format!("/ws?token={token}"), &[]),
             StatusCode::UNAUTHORIZED,
             reason,
         )
@@ -386,7 +392,7 @@ async fn es256_with_the_fixture_keys() {
     let server = TestServer::start(with_key_file("ES256", "ec_public.pem")).await;
     let good = sign(Algorithm::ES256, &ec_key(), &claims("eve", 300));
     let offered = format!("bearer, {good}");
-    let (mut ws, res) = open(request(
+    let (mut ws, res) = open(upgrade_request(
         &server,
         "/ws/eve",
         &[("sec-websocket-protocol", &offered)],
@@ -415,7 +421,7 @@ async fn es256_with_the_fixture_keys() {
     ];
     for (token, reason) in refused {
         assert_refused(
-            request(&server, &format!("/ws?token={token}"), &[]),
+            upgrade_request(&server, &format!("/ws?token={token}"), &[]),
             StatusCode::UNAUTHORIZED,
             reason,
         )
@@ -443,7 +449,7 @@ async fn allowed_origins_pass_after_normalization_and_others_get_403() {
         "http://example.com",
         "HTTPS://App.Example.com:443/",
     ] {
-        open(request(&server, "/ws", &[("origin", origin)])).await;
+        open(upgrade_request(&server, "/ws", &[("origin", origin)])).await;
     }
     for origin in [
         "https://evil.example.com",
@@ -453,7 +459,7 @@ async fn allowed_origins_pass_after_normalization_and_others_get_403() {
         "null",
     ] {
         assert_refused(
-            request(&server, "/ws", &[("origin", origin)]),
+            upgrade_request(&server, "/ws", &[("origin", origin)]),
             StatusCode::FORBIDDEN,
             "origin not allowed",
         )
@@ -464,7 +470,7 @@ async fn allowed_origins_pass_after_normalization_and_others_get_403() {
 #[tokio::test]
 async fn a_request_without_origin_is_allowed() {
     let server = TestServer::start(with_origins(quiet())).await;
-    let (mut ws, _) = open(request(&server, "/ws/cli", &[])).await;
+    let (mut ws, _) = open(upgrade_request(&server, "/ws/cli", &[])).await;
     assert_is_user(&server, &mut ws, "cli").await;
 }
 
@@ -473,19 +479,19 @@ async fn the_origin_is_checked_before_the_token_and_the_upgrade_before_both() {
     let server = TestServer::start(with_origins(hs256())).await;
     let evil = [("origin", "https://evil.example.com")];
     assert_refused(
-        request(&server, "/ws", &evil),
+        upgrade_request(&server, "/ws", &evil),
         StatusCode::FORBIDDEN,
         "origin not allowed",
     )
     .await;
     let good_origin = [("origin", "https://app.example.com")];
     assert_refused(
-        request(&server, "/ws", &good_origin),
+        upgrade_request(&server, "/ws", &good_origin),
         StatusCode::UNAUTHORIZED,
         "missing token",
     )
     .await;
-    let (mut ws, _) = open(request(
+    let (mut ws, _) = open(upgrade_request(
         &server,
         &format!("/ws?token={}", hs("olga")),
         &good_origin,
@@ -560,13 +566,13 @@ async fn the_api_key_leaves_reads_and_websockets_alone() {
 #[tokio::test]
 async fn open_mode_needs_no_token_and_ignores_one() {
     let server = TestServer::start(quiet()).await;
-    let (mut ws, _) = open(request(&server, "/ws/olaf", &[])).await;
+    let (mut ws, _) = open(upgrade_request(&server, "/ws/olaf", &[])).await;
     assert_is_user(&server, &mut ws, "olaf").await;
     // Nothing to check a token against: the path decides, garbage is ignored.
-    let (mut ws, _) = open(request(&server, "/ws/otto?token=garbage", &[])).await;
+    let (mut ws, _) = open(upgrade_request(&server, "/ws/otto?token=garbage", &[])).await;
     assert_is_user(&server, &mut ws, "otto").await;
     // A browser client written for auth still gets its protocol selected.
-    let (_ws, res) = open(request(
+    let (_ws, res) = open(upgrade_request(
         &server,
         "/ws",
         &[("sec-websocket-protocol", "bearer, whatever")],
@@ -653,7 +659,12 @@ async fn the_seed_smoke_test_token_without_exp_connects_unless_exp_is_required()
         &json!({ "sub": "u1", "iat": get_current_timestamp() }),
     );
     let server = TestServer::start(hs256()).await;
-    let (mut ws, _) = open(request(&server, &format!("/ws/u1?token={token}"), &[])).await;
+    let (mut ws, _) = open(upgrade_request(
+        &server,
+        &format!("/ws/u1?token={token}"),
+        &[],
+    ))
+    .await;
     ws.close(None).await.unwrap();
 
     let strict = TestServer::start(Config {
@@ -662,7 +673,7 @@ async fn the_seed_smoke_test_token_without_exp_connects_unless_exp_is_required()
     })
     .await;
     assert_refused(
-        request(&strict, &format!("/ws?token={token}"), &[]),
+        upgrade_request(&strict, &format!("/ws?token={token}"), &[]),
         StatusCode::UNAUTHORIZED,
         "missing claim: exp",
     )

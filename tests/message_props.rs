@@ -22,7 +22,6 @@
 mod support;
 
 use std::collections::{BTreeSet, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -1399,25 +1398,9 @@ fn live_case() -> impl Strategy<Value = LiveCase> {
     )
 }
 
-fn live_cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(32)
-}
-
-/// Runs `future` on a fresh runtime: nothing of one case outlives it.
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(future)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: live_cases(),
+        cases: live_cases(32),
         // Each shrink step runs a server; a hung step costs a 5 s timeout.
         max_shrink_time: 120_000,
         ..ProptestConfig::default()

@@ -13,7 +13,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -675,25 +674,9 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-fn live_cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(24)
-}
-
-/// Runs `future` on a fresh runtime: nothing of one case outlives it.
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(future)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: live_cases(),
+        cases: live_cases(24),
         // Each shrink step runs a server; a hung step costs a 5 s timeout.
         max_shrink_time: 120_000,
         ..ProptestConfig::default()

@@ -18,9 +18,7 @@ use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use wsnotify::Config;
 use wsnotify::message::{ClientMessage, ErrorCode, MAX_ROOM_NAME, ServerMessage, now_ms};
 use wsnotify::protocol::SHUTDOWN_NOTICE;
@@ -152,18 +150,6 @@ async fn presence(addr: std::net::SocketAddr, room: &str) -> Value {
 /// `POST /rooms/{room}/publish` with `body`.
 async fn publish(addr: std::net::SocketAddr, room: &str, body: &str) -> Reply {
     http(addr, Method::POST, &format!("/rooms/{room}/publish"), body).await
-}
-
-/// An upgrade request for `path` with extra headers.
-fn upgrade_request(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Request {
-    let mut req = server.url(path).into_client_request().unwrap();
-    for (name, value) in headers {
-        req.headers_mut().append(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
-        );
-    }
-    req
 }
 
 /// Upgrades (101 expected) and reads the `room.joined` roster.

@@ -469,3 +469,38 @@ pub async fn refusal(
         Ok(_) => panic!("the upgrade was accepted"),
     }
 }
+
+/// An upgrade request for `path` with extra headers.
+pub fn upgrade_request(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut req = server.url(path).into_client_request().unwrap();
+    for (name, value) in headers {
+        req.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    req
+}
+
+/// Cases of a live property: `PROPTEST_CASES` if set, else `default`.
+pub fn live_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `future` on a fresh runtime: nothing of one case outlives it.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
