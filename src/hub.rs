@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -113,6 +113,9 @@ pub struct Hub {
     rooms: Box<[RwLock<RoomShard>]>,
     /// Told about [`Membership`] changes (the Redis broker); `None` in memory mode.
     watcher: Option<mpsc::UnboundedSender<Membership>>,
+    /// Whether the hub sends presence events to local members itself:
+    /// always in memory mode, and in Redis mode while Redis is unreachable.
+    local_presence: AtomicBool,
     /// Registered connections; kept beside the shards so `/connections` is
     /// one atomic load instead of 64 locks.
     count: AtomicUsize,
@@ -222,6 +225,7 @@ impl Hub {
             user_hasher: RandomState::new(),
             rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             watcher: None,
+            local_presence: AtomicBool::new(true),
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             queue_bound,
@@ -301,10 +305,23 @@ impl Hub {
         }
     }
 
-    /// A hub that reports [`Membership`] changes to `watcher`.
+    /// A hub that reports [`Membership`] changes to `watcher`, which then
+    /// announces presence (see [`Hub::set_local_presence`]).
     pub fn with_watcher(mut self, watcher: mpsc::UnboundedSender<Membership>) -> Self {
         self.watcher = Some(watcher);
+        self.local_presence = AtomicBool::new(false);
         self
+    }
+
+    /// Makes the hub send presence events to local members itself (`true`:
+    /// the watcher cannot, Redis being unreachable) or leave them to the
+    /// watcher (`false`).
+    pub fn set_local_presence(&self, on: bool) {
+        self.local_presence.store(on, Ordering::Relaxed);
+    }
+
+    fn announces_presence(&self) -> bool {
+        self.local_presence.load(Ordering::Relaxed)
     }
 
     fn remove(&self, id: ConnId) {
@@ -375,7 +392,7 @@ impl Hub {
             room: room.clone(),
             user: user.clone(),
         });
-        if self.watcher.is_none() {
+        if self.announces_presence() {
             let event = ServerMessage::PresenceJoin {
                 room: room.to_string(),
                 user: user.to_string(),
@@ -399,7 +416,7 @@ impl Hub {
                     room: room.clone(),
                     user: user.clone(),
                 });
-                if self.watcher.is_none() {
+                if self.announces_presence() {
                     let event = ServerMessage::PresenceLeave {
                         room: room.to_string(),
                         user: user.to_string(),

@@ -830,3 +830,55 @@ async fn next_answer(ws: &mut Ws) -> ServerMessage {
         }
     }
 }
+
+/// While Redis is frozen, an instance's own members still hear of each
+/// other's arrivals and departures; when it thaws, a departure made during
+/// the outage is withdrawn from Redis and announced at once, instead of
+/// lingering until `PRESENCE_TTL` (60 s here) expires it.
+#[tokio::test]
+async fn presence_changes_during_an_outage_are_heard_locally_and_settled_after() {
+    let redis = Redis::start().await;
+    let (a, b) = (instance(&redis).await, instance(&redis).await);
+    let (mut u1, _) = join_room(a.addr, ROOM, "u1").await;
+    let (u2, _) = join_room(a.addr, ROOM, "u2").await;
+    expect_join(&mut u1, "u2").await;
+    let (mut u3, _) = join_room(b.addr, ROOM, "u3").await;
+    wait_for_subscribers(&redis, "rooms:test", 2).await;
+    wait_for_presence(b.addr, ROOM, &["u1", "u2", "u3"]).await;
+    expect_join(&mut u1, "u3").await;
+
+    redis.pause().await;
+    wait_for_ready(a.addr, StatusCode::SERVICE_UNAVAILABLE).await;
+    let (_u4, roster) = join_room(a.addr, ROOM, "u4").await;
+    assert_eq!(roster, ["u1", "u2", "u4"], "this instance's members");
+    expect_join(&mut u1, "u4").await;
+    drop(u2);
+    expect_leave(&mut u1, "u2").await;
+
+    redis.unpause().await;
+    wait_for_ready(a.addr, StatusCode::OK).await;
+    wait_for_ready(b.addr, StatusCode::OK).await;
+    let started = Instant::now();
+    wait_for_presence(b.addr, ROOM, &["u1", "u3", "u4"]).await;
+    eprintln!("presence settled {:?} after the thaw", started.elapsed());
+    // u3 learns it too: from events, or from the roster B re-sends after its
+    // own reconnect; either way its view ends as the cluster's.
+    let mut view = set(&["u1", "u2", "u3"]);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while view != set(&["u1", "u3", "u4"]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "u3 still sees {view:?}"
+        );
+        match next_json(&mut u3).await {
+            ServerMessage::Joined { users, .. } => view = users.into_iter().collect(),
+            ServerMessage::PresenceJoin { user, .. } => {
+                view.insert(user);
+            }
+            ServerMessage::PresenceLeave { user, .. } => {
+                view.remove(&user);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -24,7 +24,7 @@
 //! are published by the supervisor itself, right after the script that
 //! decided them, never through the droppable publish queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -160,6 +160,10 @@ pub struct RedisBroker {
     /// A roster could not be read from Redis: resend every room's roster at
     /// the next presence refresh.
     needs_resync: AtomicBool,
+    /// The room/user pairs this instance has entries for in Redis, as far as
+    /// it knows; used by the supervisor only. Departures missed while Redis
+    /// was down are the recorded pairs the hub no longer holds.
+    recorded: Mutex<HashSet<(String, String)>>,
     /// A command that failed asks the supervisor to check the link now.
     suspect: Notify,
     stop: CancellationToken,
@@ -189,6 +193,8 @@ impl RedisBroker {
         let client = Client::open(settings.url.as_str()).map_err(RedisError::Url)?;
         let (outgoing, publish_queue) = mpsc::channel(PUBLISH_QUEUE);
         metrics.broker_up(false);
+        // Not connected yet: local members hear of each other directly.
+        hub.set_local_presence(true);
         let presence =
             PresenceStore::new(&settings.instance, settings.presence_ttl, settings.timeout);
         let broker = Arc::new(RedisBroker {
@@ -205,6 +211,7 @@ impl RedisBroker {
             outgoing,
             presence,
             needs_resync: AtomicBool::new(false),
+            recorded: Mutex::new(HashSet::new()),
             suspect: Notify::new(),
             stop: CancellationToken::new(),
             supervised: CancellationToken::new(),
@@ -593,6 +600,15 @@ impl RedisBroker {
         let departed: Vec<_> = departed.into_iter().map(|(pair, _)| pair).collect();
         let joins = self.presence.refresh(conn, &arrived).await?;
         let leaves = self.presence.leave(conn, &departed).await?;
+        {
+            let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+            for (room, user) in &arrived {
+                recorded.insert((room.to_string(), user.to_string()));
+            }
+            for (room, user) in &departed {
+                recorded.remove(&(room.to_string(), user.to_string()));
+            }
+        }
         self.announce(conn, &joins, &leaves).await
     }
 
@@ -601,11 +617,26 @@ impl RedisBroker {
     /// announces both: users whose entries had expired here (a Redis outage)
     /// rejoin, the swept ones leave.
     async fn refresh_presence(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
-        let joins = self.presence.refresh(conn, &self.hub.presences()).await?;
-        let leaves = self.presence.sweep(conn, &self.hub.rooms()).await?;
-        for (room, user) in &leaves {
+        let held: HashSet<(String, String)> = self
+            .hub
+            .presences()
+            .into_iter()
+            .map(|(room, user)| (room.to_string(), user.to_string()))
+            .collect();
+        // Departures this instance missed (Redis was down when they came).
+        let missed: Vec<(String, String)> = {
+            let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+            recorded.difference(&held).cloned().collect()
+        };
+        let mut leaves = self.presence.leave(conn, &missed).await?;
+        let held: Vec<(String, String)> = held.into_iter().collect();
+        let joins = self.presence.refresh(conn, &held).await?;
+        *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = held.into_iter().collect();
+        let expired = self.presence.sweep(conn, &self.hub.rooms()).await?;
+        for (room, user) in &expired {
             tracing::debug!(room, user, "presence expired");
         }
+        leaves.extend(expired);
         self.announce(conn, &joins, &leaves).await
     }
 
@@ -782,6 +813,7 @@ impl RedisBroker {
 
     fn went_up(&self, link: &Link) {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(link.conn.clone());
+        self.hub.set_local_presence(false);
         self.up.store(true, Ordering::Relaxed);
         self.metrics.broker_up(true);
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -802,6 +834,8 @@ impl RedisBroker {
 
     fn went_down(&self, why: String) {
         let was_up = self.up.swap(false, Ordering::Relaxed);
+        // Until the link is back, local members hear of each other directly.
+        self.hub.set_local_presence(true);
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.metrics.broker_up(false);
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
