@@ -85,6 +85,11 @@ fn json(c: &mut Criterion) {
     group.bench_function("decode_chat_message_64B", |b| {
         b.iter(|| ClientMessage::decode(black_box(&chat), 4096))
     });
+    // The seed's own example, from the fixtures the tests use too.
+    let seed = include_str!("../fixtures/messages/client/chat.message.json").trim();
+    group.bench_function("decode_seed_chat_message", |b| {
+        b.iter(|| ClientMessage::decode(black_box(seed), 4096))
+    });
     // What a room message costs the sender's session: a fresh id and time,
     // the JSON, and the frame every member shares.
     group.bench_function("delivery_frame_64B", |b| {

@@ -679,3 +679,37 @@ async fn the_seed_smoke_test_token_without_exp_connects_unless_exp_is_required()
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_fixture_tokens_work_as_documented() {
+    let token = |name: &str| {
+        std::fs::read_to_string(fixture(&format!("tokens/{name}")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let hs = TestServer::start(Config {
+        jwt_secret: Some("wsnotify-fixture-secret-0123456789abcdef".to_owned()),
+        ..quiet()
+    })
+    .await;
+    let path = format!("/ws?token={}", token("hs256-u1.jwt"));
+    let (mut ws, _) = open(upgrade_request(&hs, &path, &[])).await;
+    assert_is_user(&hs, &mut ws, "u1").await;
+    let expired = format!("/ws?token={}", token("hs256-alice-expired.jwt"));
+    assert_refused(
+        upgrade_request(&hs, &expired, &[]),
+        StatusCode::UNAUTHORIZED,
+        "token expired",
+    )
+    .await;
+    for (alg, key, file) in [
+        ("RS256", "rsa_public.pem", "rs256-u1.jwt"),
+        ("ES256", "ec_public.pem", "es256-u1.jwt"),
+    ] {
+        let server = TestServer::start(with_key_file(alg, key)).await;
+        let path = format!("/ws?token={}", token(file));
+        let (mut ws, _) = open(upgrade_request(&server, &path, &[])).await;
+        assert_is_user(&server, &mut ws, "u1").await;
+    }
+}
