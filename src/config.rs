@@ -21,6 +21,8 @@ pub const DEFAULT_NOTIFICATION_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 /// Default per-connection outbound queue bound, in frames.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default per-connection outbound queue bound, in bytes: 16 MiB.
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Default longest wait for a Redis command or connection.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -88,6 +90,12 @@ pub struct Config {
     /// with close code 4008 (1 ..= 1048576). Default: 1024.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE, value_parser = queue_bound)]
     pub outbound_queue: usize,
+
+    /// Bytes that may wait for one slow client before it is disconnected
+    /// with 4008 (1024 ..= 1073741824); one frame alone may be larger.
+    /// Default: 16777216 (16 MiB).
+    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = DEFAULT_OUTBOUND_QUEUE_BYTES, value_parser = queue_bytes)]
+    pub outbound_queue_bytes: usize,
 
     /// Redis URL (`redis://[:password@]host[:port][/db]`). Unset: the
     /// embedded in-memory broker, one process, nothing else needed. Set:
@@ -191,6 +199,7 @@ impl Default for Config {
             notification_interval: DEFAULT_NOTIFICATION_INTERVAL,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             redis_url: None,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             redis_refresh_interval: DEFAULT_REDIS_REFRESH_INTERVAL,
@@ -289,6 +298,16 @@ fn queue_bound(value: &str) -> Result<usize, String> {
     bounded(value, OUTBOUND_QUEUE_CAP, "frames")
 }
 
+fn queue_bytes(value: &str) -> Result<usize, String> {
+    match bounded(value, 1 << 30, "bytes")? {
+        n if n < 1024 => Err(format!(
+            "`{value}` must be between 1024 and {} bytes",
+            1 << 30
+        )),
+        n => Ok(n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +327,7 @@ mod tests {
         assert_eq!(parsed.notification_interval, default.notification_interval);
         assert_eq!(parsed.max_message_size, 65536);
         assert_eq!(parsed.outbound_queue, default.outbound_queue);
+        assert_eq!(parsed.outbound_queue_bytes, 16 * 1024 * 1024);
         assert_eq!(parsed.redis_url, None);
         assert_eq!(parsed.redis_timeout, default.redis_timeout);
         assert_eq!(
@@ -351,6 +371,7 @@ mod tests {
             (&["--max-message-size", "0"], "between 1 and"),
             (&["--max-message-size", "99999999999"], "between 1 and"),
             (&["--outbound-queue", "many"], "whole number"),
+            (&["--outbound-queue-bytes", "100"], "between 1024 and"),
             (&["--redis-url", "http://nope"], "not a Redis URL"),
             (&["--redis-timeout", "0"], "greater than 0"),
             (&["--presence-ttl", "0.5"], "at least 1 second"),

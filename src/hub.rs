@@ -121,6 +121,8 @@ pub struct Hub {
     count: AtomicUsize,
     next_id: AtomicU64,
     queue_bound: usize,
+    /// Most bytes one connection's queue may hold.
+    queue_bytes: usize,
     metrics: Arc<Metrics>,
     /// The clock of the outboxes' last-seen times.
     epoch: Instant,
@@ -229,6 +231,7 @@ impl Hub {
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             queue_bound,
+            queue_bytes: usize::MAX,
             metrics,
             epoch: Instant::now(),
         }
@@ -272,7 +275,7 @@ impl Hub {
 
     fn new_outbox(&self) -> (ConnId, Arc<Outbox>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.queue_bound));
+        let outbox = Arc::new(Outbox::new(self.queue_bound, self.queue_bytes));
         outbox.touch(self.now_ms());
         (id, outbox)
     }
@@ -303,6 +306,13 @@ impl Hub {
             kind,
             rooms,
         }
+    }
+
+    /// A hub whose connections queue at most `bytes` bytes (unbounded by
+    /// default; the server sets `OUTBOUND_QUEUE_BYTES`).
+    pub fn with_queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue_bytes = bytes;
+        self
     }
 
     /// A hub that reports [`Membership`] changes to `watcher`, which then

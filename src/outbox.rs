@@ -3,9 +3,10 @@
 //! Publishers push pre-encoded frames without ever awaiting; the session
 //! drains everything queued in one go and writes it with a single `writev`,
 //! so a burst costs one wake-up and one syscall per connection, not one per
-//! frame. A push that finds the queue full marks the connection a slow
-//! consumer and fires its kill switch: the publisher moves on, and the
-//! session closes with 4008.
+//! frame. A push that finds the queue full (in frames, or in bytes: a
+//! client can make the server build large frames for it alone, such as
+//! rosters) marks the connection a slow consumer and fires its kill switch:
+//! the publisher moves on, and the session closes with 4008.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -42,6 +43,8 @@ pub struct Outbox {
     /// including a write blocked on a client that stopped reading.
     kill: CancellationToken,
     capacity: usize,
+    /// Most bytes queued at once; one frame alone may exceed it.
+    max_bytes: usize,
     /// When the client last sent a frame, in ms on the hub's clock; read by
     /// the idle sweep, written by the session without a lock.
     last_seen_ms: AtomicU64,
@@ -50,19 +53,23 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Bytes>,
+    /// The bytes of the frames in `queue`.
+    bytes: usize,
     /// Why the connection was killed, once it has been.
     killed: Option<Close>,
     closed: bool,
 }
 
 impl Outbox {
-    /// An empty outbox holding at most `capacity` frames.
-    pub fn new(capacity: usize) -> Self {
+    /// An empty outbox holding at most `capacity` frames and `max_bytes`
+    /// bytes (a single frame may be larger, if the queue is empty).
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             kill: CancellationToken::new(),
             capacity,
+            max_bytes,
             last_seen_ms: AtomicU64::new(0),
         }
     }
@@ -87,6 +94,7 @@ impl Outbox {
         state.closed = true;
         state.killed = Some(reason);
         state.queue.clear();
+        state.bytes = 0;
         drop(state);
         self.kill.cancel();
         true
@@ -98,12 +106,15 @@ impl Outbox {
         if state.closed {
             return Push::Closed;
         }
-        if state.queue.len() >= self.capacity {
+        let too_many_bytes =
+            !state.queue.is_empty() && state.bytes.saturating_add(frame.len()) > self.max_bytes;
+        if state.queue.len() >= self.capacity || too_many_bytes {
             drop(state);
             self.kill(Close::SlowConsumer);
             return Push::Overflowed;
         }
         let was_empty = state.queue.is_empty();
+        state.bytes += frame.len();
         state.queue.push_back(frame);
         drop(state);
         if was_empty {
@@ -125,6 +136,7 @@ impl Outbox {
         } else {
             out.append(&mut state.queue);
         }
+        state.bytes = 0;
     }
 
     /// Refuses further pushes (the session is ending).
@@ -132,6 +144,7 @@ impl Outbox {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.closed = true;
         state.queue.clear();
+        state.bytes = 0;
     }
 
     /// Why this connection was killed, if it was.
@@ -151,7 +164,7 @@ mod tests {
 
     #[test]
     fn overflow_kills_and_drops_later_pushes() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, usize::MAX);
         assert_eq!(outbox.push(Bytes::from_static(b"a")), Push::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"b")), Push::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"c")), Push::Overflowed);
@@ -160,9 +173,23 @@ mod tests {
         assert!(outbox.kill.is_cancelled());
     }
 
+    #[test]
+    fn the_byte_bound_overflows_but_one_large_frame_may_pass() {
+        let outbox = Outbox::new(100, 10);
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"a large frame")),
+            Push::Queued
+        );
+        let mut out = VecDeque::new();
+        outbox.drain_into(&mut out);
+        assert_eq!(outbox.push(Bytes::from_static(b"123456")), Push::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"12345")), Push::Overflowed);
+        assert_eq!(outbox.killed_for(), Some(Close::SlowConsumer));
+    }
+
     #[tokio::test]
     async fn drain_keeps_order_and_wakes_once() {
-        let outbox = Outbox::new(8);
+        let outbox = Outbox::new(8, usize::MAX);
         outbox.push(Bytes::from_static(b"1"));
         outbox.push(Bytes::from_static(b"2"));
         outbox.ready().await; // the permit stored by the first push

@@ -297,3 +297,36 @@ async fn a_client_within_its_rate_is_never_limited() {
         assert_eq!(next_text(&mut ws).await, format!("You said: m{i}"));
     }
 }
+
+/// The byte bound: with a frame bound too large to matter, a client that
+/// stops reading large broadcasts is cut off once `OUTBOUND_QUEUE_BYTES` wait
+/// for it (after the socket buffers are full), and the others get everything.
+#[tokio::test]
+async fn a_slow_consumer_is_disconnected_by_the_byte_bound() {
+    let server = TestServer::start(Config {
+        outbound_queue: 1 << 20,
+        outbound_queue_bytes: 256 * 1024,
+        notification_interval: Duration::ZERO,
+        ..Config::default()
+    })
+    .await;
+    let mut fast = connect(server.addr, "/ws/fast").await;
+    let _slow = RawWs::connect(server.addr, "/ws/slow").await;
+    let payload = "x".repeat(32 * 1024);
+    let body = serde_json::json!({ "message": payload }).to_string();
+    let reader = tokio::spawn(async move {
+        for _ in 0..600 {
+            assert_eq!(next_text(&mut fast).await.len(), 32 * 1024);
+        }
+        fast
+    });
+    // 600 × 32 KiB = 18.75 MiB: more than the socket buffers plus 256 KiB.
+    for _ in 0..600 {
+        http(server.addr, Method::POST, "/broadcast", &body).await;
+    }
+    wait_for_metric(server.addr, "wsnotify_slow_consumer_disconnects_total 1").await;
+    let mut fast = reader.await.unwrap();
+    wait_for_connections(server.addr, 1).await;
+    broadcast(server.addr, "after").await;
+    assert_eq!(next_text(&mut fast).await, "after");
+}

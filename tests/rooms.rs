@@ -1512,3 +1512,56 @@ async fn a_joiner_never_keeps_a_member_who_left_while_it_joined() {
         wsnotify::Outcome::Drained(_)
     ));
 }
+
+/// A client that stops reading but keeps asking for a large roster cannot
+/// make the server hoard frames for it: its session builds rosters only while
+/// their writes go through, so once the socket is full it stops reading the
+/// client's requests too. Memory stays bounded by the socket buffers, the
+/// client is not cut off, and the room goes on.
+#[tokio::test]
+async fn a_client_hoarding_rosters_costs_no_more_than_its_socket_buffers() {
+    let server = TestServer::start(Config {
+        notification_interval: Duration::ZERO,
+        rate_limit: 0,
+        ..Config::default()
+    })
+    .await;
+    // A roster of ~5 KiB: 40 members with 120-byte names.
+    let mut members = Vec::new();
+    for i in 0..40 {
+        let (ws, _) = join_room(server.addr, "big", &format!("{i:0>120}")).await;
+        members.push(ws);
+    }
+    let mut hoarder = RawWs::handshake(server.addr, "/ws/rooms/big?user=hoarder").await;
+    let join = ClientMessage::RoomJoin { room: "big".into() }.encode();
+    // 4000 × ~5 KiB = ~20 MiB of rosters asked for, never read.
+    let asking = tokio::spawn(async move {
+        for _ in 0..4000 {
+            hoarder.send_frame(true, op::TEXT, join.as_bytes()).await;
+        }
+        hoarder
+    });
+    // All 4000 requests fit in the socket buffers; give the server time to
+    // do all it will with them (nothing to await: the point is that it stops).
+    let hoarder = asking.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut calm = members.remove(0);
+    let reply = publish(server.addr, "big", r#"{"text":"after"}"#).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    loop {
+        // Presence events of the set-up come first.
+        if let ServerMessage::Delivery { text, .. } = next_json(&mut calm).await {
+            assert_eq!(text, "after");
+            break;
+        }
+    }
+    // Had the ~20 MiB of rosters been queued, the 16 MiB byte bound would
+    // have cut the hoarder off; it is still connected.
+    let metrics = http(server.addr, Method::GET, "/metrics", "").await.body;
+    assert!(metrics.contains("wsnotify_slow_consumer_disconnects_total 0"));
+    assert!(
+        metrics.contains("wsnotify_active_connections 41"),
+        "{metrics}"
+    );
+    drop(hoarder);
+}

@@ -44,7 +44,8 @@ impl Broker {
     /// Redis mode the connection is made in the background: an unreachable
     /// Redis leaves the server up in degraded mode.
     pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<(Broker, Arc<Hub>), RedisError> {
-        let hub = Hub::new(config.outbound_queue, metrics.clone());
+        let hub = Hub::new(config.outbound_queue, metrics.clone())
+            .with_queue_bytes(config.outbound_queue_bytes);
         match &config.redis_url {
             None => {
                 let hub = Arc::new(hub);
