@@ -11,6 +11,11 @@
 //! `presence.join`, the one that removes a user's last holder announces
 //! `presence.leave`, and the one whose sweep finds an expired entry (an
 //! instance died) announces its `presence.leave`; each happens exactly once.
+//! The scripts publish these announcements themselves on `rooms:{room}`, in
+//! the same atomic step as the change, so no failure between the two can
+//! leave Redis changed and the other instances uninformed. The envelope
+//! carries this instance as `origin`, so its own subscriber skips them: the
+//! caller delivers them to local members.
 //! Times come from Redis' `TIME`, so instance clocks need not agree. Every
 //! script takes many pairs or rooms at once, so a batch costs one round trip
 //! per [`CHUNK`] items, each bounded by the command timeout.
@@ -29,9 +34,27 @@ pub const PRESENCE_PREFIX: &str = "wsnotify:presence:";
 /// Pairs or rooms per script call.
 pub const CHUNK: usize = 256;
 
+/// Publishes a `presence.join`/`presence.leave` on `rooms:{room}` in this
+/// instance's envelope (ARGV[1] is the instance in every script that uses it).
+macro_rules! announce_lua {
+    () => {
+        r#"
+local function announce(kind, room, user, now)
+  local event = '{"type":"presence.' .. kind .. '","room":' .. cjson.encode(room)
+    .. ',"user":' .. cjson.encode(user) .. ',"ts":' .. string.format('%d', now) .. '}'
+  redis.call('PUBLISH', 'rooms:' .. room,
+    '{"message":' .. cjson.encode(event) .. ',"origin":' .. cjson.encode(ARGV[1]) .. '}')
+end
+"#
+    };
+}
+
 /// Adds or refreshes this instance's entries. ARGV: instance, ttl_ms, then
-/// room/user pairs. Returns the pairs no instance held before (flat).
-const REFRESH: &str = r"
+/// room/user pairs. Announces and returns the pairs no instance held before
+/// (flat).
+const REFRESH: &str = concat!(
+    announce_lua!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -53,18 +76,22 @@ for i = 3, #ARGV, 2 do
   if before == 0 then
     arrived[#arrived + 1] = room
     arrived[#arrived + 1] = user
+    announce('join', room, user, now)
   end
 end
 return arrived
-";
+"
+);
 
-/// Removes the expired users of rooms. ARGV: rooms. Returns the removed
-/// room/user pairs (flat).
-const SWEEP: &str = r"
+/// Removes the expired users of rooms. ARGV: instance, then rooms.
+/// Announces and returns the removed room/user pairs (flat).
+const SWEEP: &str = concat!(
+    announce_lua!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local departed = {}
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   local rk = 'wsnotify:presence:' .. ARGV[i]
   local gone = redis.call('ZRANGEBYSCORE', rk, '-inf', now)
   if #gone > 0 then
@@ -72,16 +99,21 @@ for i = 1, #ARGV do
     for _, user in ipairs(gone) do
       departed[#departed + 1] = ARGV[i]
       departed[#departed + 1] = user
+      announce('leave', ARGV[i], user, now)
     end
   end
 end
 return departed
-";
+"
+);
 
 /// Removes this instance's entries. ARGV: instance, then room/user pairs.
-/// Returns the pairs no instance holds any more (flat); for the others the
-/// room's score becomes the latest expiry of the remaining holders.
-const LEAVE: &str = r"
+/// Announces and returns the pairs no instance holds any more (flat); for
+/// the others the room's score becomes the latest expiry of the remaining
+/// holders.
+const LEAVE: &str = concat!(
+    announce_lua!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gone = {}
@@ -96,13 +128,15 @@ for i = 2, #ARGV, 2 do
     if redis.call('ZREM', rk, user) == 1 then
       gone[#gone + 1] = room
       gone[#gone + 1] = user
+      announce('leave', room, user, now)
     end
   else
     redis.call('ZADD', rk, top[2], user)
   end
 end
 return gone
-";
+"
+);
 
 /// The users present in rooms. ARGV: rooms. Returns one list per room.
 const LIST: &str = r"
@@ -146,7 +180,8 @@ impl PresenceStore {
     }
 
     /// Records (or refreshes) that this instance holds `pairs`; returns the
-    /// pairs no instance held before, to announce with `presence.join`.
+    /// pairs no instance held before, whose `presence.join` the script has
+    /// published: the caller tells local members.
     pub async fn refresh<R: AsRef<str>, U: AsRef<str>>(
         &self,
         conn: &mut MultiplexedConnection,
@@ -164,9 +199,9 @@ impl PresenceStore {
         Ok(arrived)
     }
 
-    /// Removes the expired entries of `rooms`; returns them, to announce
-    /// with `presence.leave`. Run after [`PresenceStore::refresh`], so this
-    /// instance's own entries are fresh.
+    /// Removes the expired entries of `rooms`; returns them (their
+    /// `presence.leave` is published). Run after [`PresenceStore::refresh`],
+    /// so this instance's own entries are fresh.
     pub async fn sweep<R: AsRef<str>>(
         &self,
         conn: &mut MultiplexedConnection,
@@ -175,6 +210,7 @@ impl PresenceStore {
         let mut departed = Pairs::new();
         for chunk in rooms.chunks(CHUNK) {
             let mut call = self.sweep.prepare_invoke();
+            call.arg(&self.instance);
             for room in chunk {
                 call.arg(room.as_ref());
             }
@@ -184,7 +220,7 @@ impl PresenceStore {
     }
 
     /// Withdraws this instance's entries for `pairs`; returns those no
-    /// instance holds any more, to announce with `presence.leave`.
+    /// instance holds any more (their `presence.leave` is published).
     pub async fn leave<R: AsRef<str>, U: AsRef<str>>(
         &self,
         conn: &mut MultiplexedConnection,

@@ -609,7 +609,8 @@ impl RedisBroker {
                 recorded.remove(&(room.to_string(), user.to_string()));
             }
         }
-        self.announce(conn, &joins, &leaves).await
+        self.announce(&joins, &leaves);
+        Ok(())
     }
 
     /// Refreshes every presence entry this instance holds, then sweeps the
@@ -637,7 +638,8 @@ impl RedisBroker {
             tracing::debug!(room, user, "presence expired");
         }
         leaves.extend(expired);
-        self.announce(conn, &joins, &leaves).await
+        self.announce(&joins, &leaves);
+        Ok(())
     }
 
     /// Sends every local room a fresh `room.joined` from Redis' list: events
@@ -653,52 +655,27 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Announces presence changes: `presence.join` for `joins`,
-    /// `presence.leave` for `leaves`. Local members get them at once (but
-    /// never those of the user concerned); the others through `rooms:{room}`,
-    /// published here in one pipeline rather than through the publish queue,
-    /// which may drop: the scripts have already changed Redis, and nobody
-    /// else would announce these.
-    async fn announce(
-        &self,
-        conn: &mut MultiplexedConnection,
-        joins: &[(String, String)],
-        leaves: &[(String, String)],
-    ) -> Result<(), String> {
-        if joins.is_empty() && leaves.is_empty() {
-            return Ok(());
-        }
+    /// Tells local members of the presence changes the scripts decided (and
+    /// already published to the other instances): `presence.join` for
+    /// `joins`, `presence.leave` for `leaves`, never to the connections of
+    /// the user concerned.
+    fn announce(&self, joins: &[(String, String)], leaves: &[(String, String)]) {
         let ts = now_ms();
-        let events = joins.iter().map(|(room, user)| {
+        for (room, user) in joins {
             let event = ServerMessage::PresenceJoin {
                 room: room.clone(),
                 user: user.clone(),
                 ts,
             };
-            (room, user, event)
-        });
-        let events = events.chain(leaves.iter().map(|(room, user)| {
+            self.hub.send_presence(room, &event.frame(), user);
+        }
+        for (room, user) in leaves {
             let event = ServerMessage::PresenceLeave {
                 room: room.clone(),
                 user: user.clone(),
                 ts,
             };
-            (room, user, event)
-        }));
-        let mut pipe = redis::pipe();
-        for (room, user, event) in events {
-            let text = event.encode();
-            self.hub
-                .send_presence(room, &protocol::text_frame(&text), user);
-            pipe.cmd("PUBLISH")
-                .arg(format!("{ROOM_PREFIX}{room}"))
-                .arg(self.envelope(&text, None))
-                .ignore();
-        }
-        match timeout(self.settings.timeout, pipe.query_async::<()>(conn)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err("publishing presence events timed out".to_owned()),
+            self.hub.send_presence(room, &event.frame(), user);
         }
     }
 
