@@ -13,9 +13,10 @@
 //! instance died) announces its `presence.leave`; each happens exactly once.
 //! The scripts publish these announcements themselves on `rooms:{room}`, in
 //! the same atomic step as the change, so no failure between the two can
-//! leave Redis changed and the other instances uninformed. The envelope
-//! carries this instance as `origin`, so its own subscriber skips them: the
-//! caller delivers them to local members.
+//! leave Redis changed and the other instances uninformed, and every
+//! instance, this one included, delivers them from its subscription in
+//! Redis' one order. Key lifetimes are only ever extended, so instances
+//! with different `PRESENCE_TTL`s do not cut each other's entries short.
 //! Times come from Redis' `TIME`, so instance clocks need not agree. Every
 //! script takes many pairs or rooms at once, so a batch costs one round trip
 //! per [`CHUNK`] items, each bounded by the command timeout.
@@ -67,12 +68,12 @@ for i = 3, #ARGV, 2 do
   redis.call('ZREMRANGEBYSCORE', uk, '-inf', now)
   local before = redis.call('ZCARD', uk)
   redis.call('ZADD', uk, deadline, ARGV[1])
-  redis.call('PEXPIRE', uk, ttl)
+  if redis.call('PTTL', uk) < ttl then redis.call('PEXPIRE', uk, ttl) end
   local score = redis.call('ZSCORE', rk, user)
   if (not score) or tonumber(score) < deadline then
     redis.call('ZADD', rk, deadline, user)
   end
-  redis.call('PEXPIRE', rk, ttl)
+  if redis.call('PTTL', rk) < ttl then redis.call('PEXPIRE', rk, ttl) end
   if before == 0 then
     arrived[#arrived + 1] = room
     arrived[#arrived + 1] = user
@@ -132,6 +133,8 @@ for i = 2, #ARGV, 2 do
     end
   else
     redis.call('ZADD', rk, top[2], user)
+    local left = tonumber(top[2]) - now
+    if redis.call('PTTL', rk) < left then redis.call('PEXPIRE', rk, left) end
   end
 end
 return gone
@@ -181,7 +184,7 @@ impl PresenceStore {
 
     /// Records (or refreshes) that this instance holds `pairs`; returns the
     /// pairs no instance held before, whose `presence.join` the script has
-    /// published: the caller tells local members.
+    /// published.
     pub async fn refresh<R: AsRef<str>, U: AsRef<str>>(
         &self,
         conn: &mut MultiplexedConnection,

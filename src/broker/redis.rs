@@ -43,7 +43,7 @@ use crate::broker::Notified;
 use crate::broker::presence::PresenceStore;
 use crate::config::Config;
 use crate::hub::{ConnId, Fanout, Hub, Membership};
-use crate::message::{ServerMessage, now_ms};
+use crate::message::ServerMessage;
 use crate::metrics::Metrics;
 use crate::protocol;
 
@@ -511,7 +511,16 @@ impl RedisBroker {
                     while let Ok(change) = memberships.try_recv() {
                         last.push(change);
                     }
-                    if let Err(err) = self.follow(&mut sink, &mut conn, last).await {
+                    let withdrawn = async {
+                        self.follow(&mut sink, &mut conn, last).await?;
+                        // Going away: whatever is still recorded goes too.
+                        let all: Vec<_> = {
+                            let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+                            recorded.iter().cloned().collect()
+                        };
+                        self.presence.leave(&mut conn, &all).await.map(|_| ())
+                    };
+                    if let Err(err) = withdrawn.await {
                         tracing::debug!(%err, "could not withdraw the last presence entries");
                     }
                     let mut del = redis::cmd("DEL");
@@ -557,8 +566,8 @@ impl RedisBroker {
     /// Follows a batch of the hub's changes. Only each channel's and each
     /// room/user pair's final state counts: a user who arrived and left
     /// within the batch was never announced, so nothing is sent for them.
-    /// Subscriptions come first, so a room's channel is followed before its
-    /// arrivals are announced.
+    /// Subscriptions come first, so a room's channel is followed before the
+    /// scripts announce its arrivals on it.
     async fn follow(
         &self,
         sink: &mut PubSubSink,
@@ -598,25 +607,35 @@ impl RedisBroker {
         let (arrived, departed): (Vec<_>, Vec<_>) = pairs.into_iter().partition(|(_, on)| *on);
         let arrived: Vec<_> = arrived.into_iter().map(|(pair, _)| pair).collect();
         let departed: Vec<_> = departed.into_iter().map(|(pair, _)| pair).collect();
-        let joins = self.presence.refresh(conn, &arrived).await?;
-        let leaves = self.presence.leave(conn, &departed).await?;
-        {
-            let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
-            for (room, user) in &arrived {
-                recorded.insert((room.to_string(), user.to_string()));
-            }
-            for (room, user) in &departed {
-                recorded.remove(&(room.to_string(), user.to_string()));
-            }
-        }
-        self.announce(&joins, &leaves);
+        // Recorded before the script runs (it may change Redis and still
+        // fail to answer); forgotten only once withdrawn. An extra entry
+        // costs one LEAVE that changes nothing.
+        self.record(arrived.iter().map(|(r, u)| (r.to_string(), u.to_string())));
+        self.presence.refresh(conn, &arrived).await?;
+        self.presence.leave(conn, &departed).await?;
+        self.forget(departed.iter().map(|(r, u)| (r.to_string(), u.to_string())));
         Ok(())
     }
 
-    /// Refreshes every presence entry this instance holds, then sweeps the
-    /// rooms it holds for entries that expired (an instance that died), and
-    /// announces both: users whose entries had expired here (a Redis outage)
-    /// rejoin, the swept ones leave.
+    fn record(&self, pairs: impl IntoIterator<Item = (String, String)>) {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(pairs);
+    }
+
+    fn forget(&self, pairs: impl IntoIterator<Item = (String, String)>) {
+        let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        for pair in pairs {
+            recorded.remove(&pair);
+        }
+    }
+
+    /// Withdraws the entries of departures this instance missed, refreshes
+    /// every entry it holds, then sweeps the rooms it holds for entries that
+    /// expired (an instance that died). The scripts announce what changed:
+    /// missed and swept users leave, users whose entries had expired here
+    /// (a Redis outage) rejoin.
     async fn refresh_presence(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
         let held: HashSet<(String, String)> = self
             .hub
@@ -624,21 +643,20 @@ impl RedisBroker {
             .into_iter()
             .map(|(room, user)| (room.to_string(), user.to_string()))
             .collect();
-        // Departures this instance missed (Redis was down when they came).
+        // Departures this instance missed (Redis was down when they came,
+        // or a batch failed).
         let missed: Vec<(String, String)> = {
             let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
             recorded.difference(&held).cloned().collect()
         };
-        let mut leaves = self.presence.leave(conn, &missed).await?;
         let held: Vec<(String, String)> = held.into_iter().collect();
-        let joins = self.presence.refresh(conn, &held).await?;
-        *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = held.into_iter().collect();
-        let expired = self.presence.sweep(conn, &self.hub.rooms()).await?;
-        for (room, user) in &expired {
+        self.record(held.iter().cloned());
+        self.presence.leave(conn, &missed).await?;
+        self.forget(missed);
+        self.presence.refresh(conn, &held).await?;
+        for (room, user) in self.presence.sweep(conn, &self.hub.rooms()).await? {
             tracing::debug!(room, user, "presence expired");
         }
-        leaves.extend(expired);
-        self.announce(&joins, &leaves);
         Ok(())
     }
 
@@ -653,30 +671,6 @@ impl RedisBroker {
             self.hub.resync_room(room, &listed);
         }
         Ok(())
-    }
-
-    /// Tells local members of the presence changes the scripts decided (and
-    /// already published to the other instances): `presence.join` for
-    /// `joins`, `presence.leave` for `leaves`, never to the connections of
-    /// the user concerned.
-    fn announce(&self, joins: &[(String, String)], leaves: &[(String, String)]) {
-        let ts = now_ms();
-        for (room, user) in joins {
-            let event = ServerMessage::PresenceJoin {
-                room: room.clone(),
-                user: user.clone(),
-                ts,
-            };
-            self.hub.send_presence(room, &event.frame(), user);
-        }
-        for (room, user) in leaves {
-            let event = ServerMessage::PresenceLeave {
-                room: room.clone(),
-                user: user.clone(),
-                ts,
-            };
-            self.hub.send_presence(room, &event.frame(), user);
-        }
     }
 
     /// Pings the subscriber (a paused Redis answers nothing) and refreshes
@@ -723,12 +717,26 @@ impl RedisBroker {
         } else if let Some(room) = channel.strip_prefix(ROOM_PREFIX) {
             // Room messages are JSON themselves: only an envelope with an
             // `origin` is one of ours; anything else goes out as it is.
-            if let Some(text) = self.opened(payload, true) {
-                let frame = protocol::text_frame(&text);
-                match presence_subject(&text) {
-                    Some(user) => self.hub.send_presence(room, &frame, &user),
-                    None => self.hub.send_to_room(room, &frame, None),
-                };
+            // Presence events, this instance's included, are delivered from
+            // the subscription: the scripts publish them, so every member
+            // everywhere gets them in Redis' one order.
+            let (text, own) = match serde_json::from_slice::<Envelope>(payload) {
+                Ok(envelope) if envelope.origin.is_some() => {
+                    let own = envelope.origin.as_deref() == Some(&self.settings.instance);
+                    (envelope.message, own)
+                }
+                _ => (String::from_utf8_lossy(payload).into_owned(), false),
+            };
+            let frame = protocol::text_frame(&text);
+            match presence_subject(&text) {
+                Some(user) => {
+                    self.hub.send_presence(room, &frame, &user);
+                }
+                // Our own room messages went to local members already.
+                None if own => {}
+                None => {
+                    self.hub.send_to_room(room, &frame, None);
+                }
             }
         }
     }
