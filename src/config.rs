@@ -223,7 +223,7 @@ impl Default for Config {
 impl Config {
     /// The periodic notification interval, or `None` when disabled (0).
     pub fn notifications(&self) -> Option<Duration> {
-        (!self.notification_interval.is_zero()).then_some(self.notification_interval)
+        enabled(self.notification_interval)
     }
 
     /// How often an instance refreshes its presence entries in Redis: with
@@ -231,10 +231,7 @@ impl Config {
     /// times a second.
     pub fn presence_refresh(&self) -> Duration {
         let half = self.presence_ttl / 2;
-        let every = match self.heartbeat_interval {
-            d if d.is_zero() => half,
-            d => d.min(half),
-        };
+        let every = enabled(self.heartbeat_interval).map_or(half, |beat| beat.min(half));
         every.max(Duration::from_millis(100))
     }
 }
@@ -262,6 +259,11 @@ fn positive_secs(value: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err(format!("`{value}` must be greater than 0")),
         d => Ok(d),
     }
+}
+
+/// A period setting where 0 disables: `None` for 0.
+pub fn enabled(period: Duration) -> Option<Duration> {
+    (!period.is_zero()).then_some(period)
 }
 
 /// `PRESENCE_TTL`: at least one second, so the refresh period (half of it

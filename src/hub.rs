@@ -515,16 +515,23 @@ impl Hub {
     }
 
     fn push_to_members(&self, room: &str, entry: &Room, frame: &Bytes, skip: Skip<'_>) -> Fanout {
+        self.timed(|fanout| {
+            let members = entry.conns.iter().filter(|(id, _, user)| match skip {
+                Skip::Nobody => true,
+                Skip::Conn(except) => *id != except,
+                Skip::User(except) => &**user != except,
+            });
+            for (id, outbox, _) in members {
+                fanout.record(outbox.push(frame.clone()), *id, room);
+            }
+        })
+    }
+
+    /// Runs one fan-out and records its time and overflows in the metrics.
+    fn timed(&self, fan_out: impl FnOnce(&mut Fanout)) -> Fanout {
         let started = Instant::now();
         let mut fanout = Fanout::default();
-        let members = entry.conns.iter().filter(|(id, _, user)| match skip {
-            Skip::Nobody => true,
-            Skip::Conn(except) => *id != except,
-            Skip::User(except) => &**user != except,
-        });
-        for (id, outbox, _) in members {
-            fanout.record(outbox.push(frame.clone()), *id, room);
-        }
+        fan_out(&mut fanout);
         self.metrics.fanout(started.elapsed(), fanout.overflowed);
         fanout
     }
@@ -590,9 +597,11 @@ impl Hub {
     /// Sends the notification `text` to every connection of `user`: as is to
     /// plain-text connections, as a `notification` message to JSON ones.
     pub fn send_to_user(&self, user: &str, text: &str) -> Fanout {
-        let started = Instant::now();
-        let mut fanout = Fanout::default();
-        if let Some(conns) = read(self.user_shard(user)).get(user) {
+        self.timed(|fanout| {
+            let users = read(self.user_shard(user));
+            let Some(conns) = users.get(user) else {
+                return;
+            };
             let mut plain = None;
             let mut json = None;
             for (id, outbox, kind) in conns {
@@ -604,22 +613,18 @@ impl Hub {
                 };
                 fanout.record(outbox.push(frame.clone()), *id, user);
             }
-        }
-        self.metrics.fanout(started.elapsed(), fanout.overflowed);
-        fanout
+        })
     }
 
     fn fan_out(&self, frame: &Bytes, wanted: impl Fn(ConnId, &Conn) -> bool) -> Fanout {
-        let started = Instant::now();
-        let mut fanout = Fanout::default();
-        for shard in self.shards.iter() {
-            let conns = read(shard);
-            for (&id, conn) in conns.iter().filter(|(id, conn)| wanted(**id, conn)) {
-                fanout.record(conn.outbox.push(frame.clone()), id, &conn.user);
+        self.timed(|fanout| {
+            for shard in self.shards.iter() {
+                let conns = read(shard);
+                for (&id, conn) in conns.iter().filter(|(id, conn)| wanted(**id, conn)) {
+                    fanout.record(conn.outbox.push(frame.clone()), id, &conn.user);
+                }
             }
-        }
-        self.metrics.fanout(started.elapsed(), fanout.overflowed);
-        fanout
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, AppError};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::http;
 use crate::hub::{Audience, Kind};
 use crate::message::{ServerMessage, now_ms};
@@ -76,10 +76,10 @@ where
     if let Some(every) = app.config.notifications() {
         tokio::spawn(notify_periodically(app.clone(), every));
     }
-    if let Some(every) = nonzero(app.config.heartbeat_interval) {
+    if let Some(every) = config::enabled(app.config.heartbeat_interval) {
         tokio::spawn(heartbeat(app.clone(), every, stop.clone()));
     }
-    if let Some(idle) = nonzero(app.config.idle_timeout) {
+    if let Some(idle) = config::enabled(app.config.idle_timeout) {
         tokio::spawn(sweep_idle(app.clone(), idle, stop.clone()));
     }
 
@@ -197,8 +197,4 @@ async fn every(period: Duration, until: impl Future<Output = ()>, mut tick: impl
             _ = ticks.tick() => tick(),
         }
     }
-}
-
-fn nonzero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
 }

@@ -22,7 +22,6 @@
 mod support;
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::{Method, StatusCode};
@@ -35,8 +34,6 @@ use proptest::string::string_regex;
 use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use wsnotify::Config;
 use wsnotify::message::{ClientMessage, ErrorCode, ServerMessage};
 
@@ -1420,107 +1417,6 @@ proptest! {
     }
 }
 
-/// A raw room client: the handshake by hand, then masked frames out and
-/// unmasked frames in. (`support::RawWs` expects the plain greeting.)
-struct RoomWs {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RoomWs {
-    async fn connect(addr: SocketAddr, path: &str) -> Self {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        // Fragments go out as they are written, not held back by Nagle.
-        stream.set_nodelay(true).unwrap();
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await.unwrap();
-        let mut ws = RoomWs {
-            stream,
-            buf: Vec::new(),
-        };
-        let head_end = loop {
-            if let Some(pos) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-            assert!(
-                ws.fill().await > 0,
-                "connection closed during the handshake"
-            );
-        };
-        let head = String::from_utf8_lossy(&ws.buf[..head_end]).into_owned();
-        assert!(
-            head.starts_with("HTTP/1.1 101"),
-            "handshake refused: {head}"
-        );
-        ws.buf.drain(..head_end);
-        ws
-    }
-
-    async fn fill(&mut self) -> usize {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
-            .await
-            .expect("timed out reading")
-            .unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n
-    }
-
-    async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut frame = vec![((fin as u8) << 7) | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n < 65536 => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        // The server may have closed already; what it answered tells.
-        let _ = self.stream.write_all(&frame).await;
-    }
-
-    /// The next server frame, `None` at the end of the connection.
-    async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if let Some((len, header)) = frame_len(&self.buf)
-                && self.buf.len() >= header + len
-            {
-                let opcode = self.buf[0] & 0x0f;
-                let payload = self.buf[header..header + len].to_vec();
-                self.buf.drain(..header + len);
-                return Some((opcode, payload));
-            }
-            if self.fill().await == 0 {
-                return None;
-            }
-        }
-    }
-}
-
-fn frame_len(buf: &[u8]) -> Option<(usize, usize)> {
-    match *buf.get(1)? & 0x7f {
-        126 => Some((
-            usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
-            4,
-        )),
-        127 => Some((
-            usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
-            10,
-        )),
-        n => Some((usize::from(n), 2)),
-    }
-}
-
 fn show(frame: Option<&(u8, Vec<u8>)>) -> String {
     match frame {
         None => "the end of the connection".into(),
@@ -1602,7 +1498,7 @@ async fn live(
         bystander: vec![Seen::PresenceJoin("fuzzer".into())],
         ids: HashSet::new(),
     };
-    let mut fuzzer = RoomWs::connect(server.addr, &format!("/ws/rooms/{FUZZ}?user=fuzzer")).await;
+    let mut fuzzer = RawWs::handshake(server.addr, &format!("/ws/rooms/{FUZZ}?user=fuzzer")).await;
     expect_message(
         &mut fuzzer,
         ServerMessage::Joined {
@@ -1739,7 +1635,7 @@ fn seen(message: ServerMessage) -> Option<Seen> {
 }
 
 /// Performs one step and checks the fuzzer's answers.
-async fn perform(fz: &mut RoomWs, model: &mut Model, step: &Step) -> Result<(), TestCaseError> {
+async fn perform(fz: &mut RawWs, model: &mut Model, step: &Step) -> Result<(), TestCaseError> {
     match step {
         Step::WsPing(payload) => {
             fz.send_frame(true, op::PING, payload).await;
@@ -1780,23 +1676,8 @@ async fn perform(fz: &mut RoomWs, model: &mut Model, step: &Step) -> Result<(), 
             match cuts {
                 None => fz.send_frame(true, op::TEXT, text.as_bytes()).await,
                 Some(cuts) => {
-                    let mut parts = Vec::new();
-                    let mut start = 0;
-                    for &cut in cuts {
-                        parts.push(&text.as_bytes()[start..cut]);
-                        start = cut;
-                    }
-                    parts.push(&text.as_bytes()[start..]);
-                    let last = parts.len() - 1;
-                    for (i, part) in parts.iter().enumerate() {
-                        let opcode = if i == 0 { op::TEXT } else { op::CONTINUATION };
-                        fz.send_frame(i == last, opcode, part).await;
-                        if let Some((after, payload)) = ping
-                            && *after == i
-                        {
-                            fz.send_frame(true, op::PING, payload).await;
-                        }
-                    }
+                    fz.send_fragmented(text.as_bytes(), cuts, ping.as_ref())
+                        .await;
                     // A ping between fragments is answered at once.
                     if let Some((_, payload)) = ping {
                         expect_frame(fz, PONG, payload).await?;
@@ -1810,7 +1691,7 @@ async fn perform(fz: &mut RoomWs, model: &mut Model, step: &Step) -> Result<(), 
 
 /// Checks the answer to `msg` and updates the model.
 async fn answered(
-    fz: &mut RoomWs,
+    fz: &mut RawWs,
     model: &mut Model,
     msg: &Msg,
     sent_ms: u64,
@@ -1915,7 +1796,7 @@ async fn answered(
 /// An invalid message: one `system.error` with `code` while the error budget
 /// lasts (10); past it, the server may close with 1008 instead, and must
 /// when it cannot have earned a token back (one per second).
-async fn refused(fz: &mut RoomWs, model: &mut Model, code: ErrorCode) -> Result<(), TestCaseError> {
+async fn refused(fz: &mut RawWs, model: &mut Model, code: ErrorCode) -> Result<(), TestCaseError> {
     model.errors += 1;
     let k = model.errors;
     let got = fz.read_frame().await;
@@ -1976,7 +1857,7 @@ fn is_abuse_close(payload: &[u8]) -> bool {
 }
 
 /// The server closed: answer as a client should, then the connection ends.
-async fn closed_by_server(fz: &mut RoomWs, model: &mut Model) -> Result<(), TestCaseError> {
+async fn closed_by_server(fz: &mut RawWs, model: &mut Model) -> Result<(), TestCaseError> {
     fz.send_frame(true, op::CLOSE, &ABUSE_CLOSE.0.to_be_bytes())
         .await;
     ended(fz, model).await
@@ -1984,7 +1865,7 @@ async fn closed_by_server(fz: &mut RoomWs, model: &mut Model) -> Result<(), Test
 
 /// The connection is over: nothing more arrives, and the fuzzer left its
 /// rooms (the bystander hears of it).
-async fn ended(fz: &mut RoomWs, model: &mut Model) -> Result<(), TestCaseError> {
+async fn ended(fz: &mut RawWs, model: &mut Model) -> Result<(), TestCaseError> {
     let after = fz.read_frame().await;
     prop_assert!(after.is_none(), "{} after the close", show(after.as_ref()));
     if model.in_fuzz() {
@@ -1996,7 +1877,7 @@ async fn ended(fz: &mut RoomWs, model: &mut Model) -> Result<(), TestCaseError> 
 }
 
 /// The fuzzer's next frame is exactly `(opcode, payload)`.
-async fn expect_frame(fz: &mut RoomWs, opcode: u8, payload: &[u8]) -> Result<(), TestCaseError> {
+async fn expect_frame(fz: &mut RawWs, opcode: u8, payload: &[u8]) -> Result<(), TestCaseError> {
     let got = fz.read_frame().await;
     let want = Some((opcode, payload.to_vec()));
     if got != want {
@@ -2010,7 +1891,7 @@ async fn expect_frame(fz: &mut RoomWs, opcode: u8, payload: &[u8]) -> Result<(),
 }
 
 /// The fuzzer's next frame is a JSON-protocol text message.
-async fn fuzzer_message(fz: &mut RoomWs) -> Result<ServerMessage, TestCaseError> {
+async fn fuzzer_message(fz: &mut RawWs) -> Result<ServerMessage, TestCaseError> {
     let got = fz.read_frame().await;
     if let Some((op::TEXT, payload)) = &got
         && let Ok(text) = std::str::from_utf8(payload)
@@ -2024,14 +1905,14 @@ async fn fuzzer_message(fz: &mut RoomWs) -> Result<ServerMessage, TestCaseError>
     )))
 }
 
-async fn expect_message(fz: &mut RoomWs, want: ServerMessage) -> Result<(), TestCaseError> {
+async fn expect_message(fz: &mut RawWs, want: ServerMessage) -> Result<(), TestCaseError> {
     let got = fuzzer_message(fz).await?;
     prop_assert_eq!(got, want);
     Ok(())
 }
 
 /// A ping is answered next: nothing else was queued before it.
-async fn probe(fz: &mut RoomWs, payload: &[u8]) -> Result<(), TestCaseError> {
+async fn probe(fz: &mut RawWs, payload: &[u8]) -> Result<(), TestCaseError> {
     fz.send_frame(true, op::PING, payload).await;
     expect_frame(fz, PONG, payload).await
 }

@@ -754,17 +754,9 @@ async fn perform(
             expect_frame(fuzzer, PONG, payload).await?;
         }
         Action::Fragmented { text, cuts, ping } => {
-            let parts = split_at_cuts(text.as_bytes(), cuts);
-            let last = parts.len() - 1;
-            for (i, part) in parts.iter().enumerate() {
-                let opcode = if i == 0 { op::TEXT } else { op::CONTINUATION };
-                fuzzer.send_frame(i == last, opcode, part).await;
-                if let Some((after, payload)) = ping
-                    && *after == i
-                {
-                    fuzzer.send_frame(true, op::PING, payload).await;
-                }
-            }
+            fuzzer
+                .send_fragmented(text.as_bytes(), cuts, ping.as_ref())
+                .await;
             if let Some((_, payload)) = ping {
                 expect_frame(fuzzer, PONG, payload).await?;
             }

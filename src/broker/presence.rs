@@ -30,8 +30,6 @@ use redis::Script;
 use redis::aio::MultiplexedConnection;
 use tokio::time::timeout;
 
-/// Prefix of the presence sets: `wsnotify:presence:{room}`.
-pub const PRESENCE_PREFIX: &str = "wsnotify:presence:";
 /// Pairs or rooms per script call.
 pub const CHUNK: usize = 256;
 

@@ -708,7 +708,7 @@ impl RedisBroker {
         let channel = message.get_channel_name();
         if channel == BROADCAST_CHANNEL {
             // The seed's envelope has no `origin`; raw text is accepted too.
-            if let Some(text) = self.opened(payload, false) {
+            if let Some(text) = self.opened(payload) {
                 self.hub.broadcast(&protocol::text_frame(&text), None);
             }
         } else if let Some(user) = channel.strip_prefix(NOTIFY_PREFIX) {
@@ -741,20 +741,19 @@ impl RedisBroker {
         }
     }
 
-    /// The text a Pub/Sub payload carries: an envelope's `message` (if
-    /// `needs_origin`, only envelopes with an `origin` count), or the raw
-    /// payload. `None` for this instance's own echo.
-    fn opened(&self, payload: &[u8], needs_origin: bool) -> Option<String> {
+    /// The text a broadcast payload carries: an envelope's `message` (the
+    /// seed's envelope has no `origin`), or the raw payload. `None` for this
+    /// instance's own echo.
+    fn opened(&self, payload: &[u8]) -> Option<String> {
         match serde_json::from_slice::<Envelope>(payload) {
             Ok(envelope) if envelope.origin.as_deref() == Some(&self.settings.instance) => None,
-            Ok(envelope) if envelope.origin.is_some() || !needs_origin => Some(envelope.message),
-            _ => Some(String::from_utf8_lossy(payload).into_owned()),
+            Ok(envelope) => Some(envelope.message),
+            Err(_) => Some(String::from_utf8_lossy(payload).into_owned()),
         }
     }
 
     /// Sends queued envelopes, pipelined in batches. Runs until the
-    /// supervisor has returned (it may still queue presence announcements
-    /// while stopping), then sends what is left and stops.
+    /// supervisor has returned, then sends what is left and stops.
     async fn publish(self: Arc<Self>, mut queue: mpsc::Receiver<(String, String)>) {
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         let mut last = false;

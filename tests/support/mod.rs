@@ -241,6 +241,8 @@ impl RawWs {
     /// connections start with `room.joined`, not the greeting).
     pub async fn handshake(addr: SocketAddr, path: &str) -> Self {
         let mut stream = TcpStream::connect(addr).await.unwrap();
+        // Fragments go out as they are written, not held back by Nagle.
+        stream.set_nodelay(true).unwrap();
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -254,7 +256,10 @@ impl RawWs {
             if let Some(pos) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break pos + 4;
             }
-            raw.fill().await;
+            assert!(
+                raw.fill().await > 0,
+                "connection closed during the handshake"
+            );
         };
         let head = String::from_utf8_lossy(&raw.buf[..head_end]).into_owned();
         assert!(
@@ -304,6 +309,33 @@ impl RawWs {
     /// Writes one masked frame.
     pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
         self.send_raw(((fin as u8) << 7) | opcode, payload).await
+    }
+
+    /// Sends `text` as a text frame and continuations cut at `cuts` (sorted
+    /// offsets), with a ping carrying `ping.1` right after fragment `ping.0`.
+    pub async fn send_fragmented(
+        &mut self,
+        text: &[u8],
+        cuts: &[usize],
+        ping: Option<&(usize, Vec<u8>)>,
+    ) {
+        let mut parts = Vec::with_capacity(cuts.len() + 1);
+        let mut start = 0;
+        for &cut in cuts {
+            parts.push(&text[start..cut]);
+            start = cut;
+        }
+        parts.push(&text[start..]);
+        let last = parts.len() - 1;
+        for (i, part) in parts.iter().enumerate() {
+            let opcode = if i == 0 { op::TEXT } else { op::CONTINUATION };
+            self.send_frame(i == last, opcode, part).await;
+            if let Some((after, payload)) = ping
+                && *after == i
+            {
+                self.send_frame(true, op::PING, payload).await;
+            }
+        }
     }
 
     /// Reads one server frame: `(opcode, payload)`, or `None` at EOF.
