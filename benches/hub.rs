@@ -8,18 +8,34 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use wsnotify::hub::{Hub, Kind};
+use wsnotify::hub::{Audience, Hub, QueueBounds, Registration};
 use wsnotify::metrics::Metrics;
-use wsnotify::protocol::text_frame;
+use wsnotify::protocol::{Dialect, text_frame};
+
+/// A hub with the server's default queue bounds.
+fn hub() -> Arc<Hub> {
+    let bounds = QueueBounds {
+        frames: 1024,
+        bytes: 16 << 20,
+    };
+    Arc::new(Hub::new(bounds, Arc::new(Metrics::new())))
+}
+
+/// `n` connections speaking `dialect`.
+fn connect(hub: &Arc<Hub>, dialect: Dialect, n: usize) -> Vec<Registration> {
+    (0..n)
+        .map(|i| hub.register(dialect, format!("user-{i}").into(), None))
+        .collect()
+}
+
+const PLAIN: Audience = Audience::Only(Dialect::Text);
 
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("hub_fanout");
     for subscribers in [1_000usize, 10_000] {
         for payload in [64usize, 1024] {
-            let hub = Arc::new(Hub::new(1024, Arc::new(Metrics::new())));
-            let regs: Vec<_> = (0..subscribers)
-                .map(|i| hub.register(format!("user-{i}").into(), None))
-                .collect();
+            let hub = hub();
+            let regs = connect(&hub, Dialect::Text, subscribers);
             let frame = text_frame(&"x".repeat(payload));
             let mut sink: VecDeque<Bytes> = VecDeque::with_capacity(4);
             group.throughput(Throughput::Elements(subscribers as u64));
@@ -29,7 +45,7 @@ fn fanout(c: &mut Criterion) {
             );
             group.bench_function(id, |b| {
                 b.iter(|| {
-                    let fanout = hub.broadcast(black_box(&frame), None);
+                    let fanout = hub.send_to_audience(PLAIN, black_box(&frame), None);
                     for reg in &regs {
                         reg.outbox().drain_into(&mut sink);
                         sink.clear();
@@ -51,13 +67,11 @@ fn rooms(c: &mut Criterion) {
     let mut sink: VecDeque<Bytes> = VecDeque::with_capacity(4);
     group.throughput(Throughput::Elements(1_000));
 
-    let alone = Arc::new(Hub::new(1024, Arc::new(Metrics::new())));
-    let members: Vec<_> = (0..1_000)
-        .map(|i| alone.register(format!("user-{i}").into(), None))
-        .collect();
+    let alone = hub();
+    let members = connect(&alone, Dialect::Text, 1_000);
     group.bench_function("baseline_broadcast_1000_of_1000", |b| {
         b.iter(|| {
-            let fanout = alone.broadcast(black_box(&frame), None);
+            let fanout = alone.send_to_audience(PLAIN, black_box(&frame), None);
             for reg in &members {
                 reg.outbox().drain_into(&mut sink);
                 sink.clear();
@@ -66,10 +80,8 @@ fn rooms(c: &mut Criterion) {
         })
     });
 
-    let crowded = Arc::new(Hub::new(1024, Arc::new(Metrics::new())));
-    let mut regs: Vec<_> = (0..10_000)
-        .map(|i| crowded.register_as(Kind::Json, format!("user-{i}").into(), None))
-        .collect();
+    let crowded = hub();
+    let mut regs = connect(&crowded, Dialect::Json, 10_000);
     // Every tenth connection in the busy room, the rest in rooms of ten.
     for (i, reg) in regs.iter_mut().enumerate() {
         let room = if i % 10 == 0 {

@@ -7,8 +7,9 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fastwebsockets::OpCode;
-use wsnotify::message::{ClientMessage, ServerMessage};
-use wsnotify::protocol::{Assembler, Inbound, new_message, text_frame};
+use wsnotify::protocol::json::{ClientMessage, ServerMessage};
+use wsnotify::protocol::text::new_message;
+use wsnotify::protocol::{Assembler, Inbound, text_frame};
 
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode_text_frame");

@@ -8,7 +8,7 @@ use futures_util::Stream;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
-use wsnotify::app::App;
+use wsnotify::node::Node;
 use wsnotify::{Config, server};
 
 #[tokio::main]
@@ -33,8 +33,8 @@ async fn main() -> ExitCode {
 async fn start(config: Config) -> anyhow::Result<()> {
     // Settings that need more than parsing (the JWT key file, the origin
     // list) are checked before the port is taken: a bad one exits at once.
-    let app = App::new(config)?;
-    let config = &app.config;
+    let node = Node::new(config)?;
+    let config = node.config();
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
@@ -48,7 +48,7 @@ async fn start(config: Config) -> anyhow::Result<()> {
         shutdown_timeout_s = config.shutdown_timeout.as_secs_f64(),
         "wsnotify listening on http://{addr} (WebSocket: ws://{addr}/ws), {broker}"
     );
-    let outcome = server::serve(listener, app, signals).await;
+    let outcome = server::run_node(listener, node.clone(), signals).await;
     tracing::info!(?outcome, "wsnotify stopped");
     Ok(())
 }

@@ -7,7 +7,9 @@
 //! Writing bypasses fastwebsockets' writer on purpose: frames arrive already
 //! encoded (see [`crate::protocol::encode`]) and shared by every recipient, so
 //! the session hands them to one `writev` per wake-up, without copying them.
-//! The session is generic over the IO so a test can drive it over a duplex pipe.
+//! The session is generic over the IO, so the unit tests below drive it over
+//! a duplex pipe with paused time. It reaches the server only through the
+//! [`Node`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -20,31 +22,25 @@ use fastwebsockets::{Role, WebSocketError, WebSocketRead, after_handshake_split}
 use futures_util::{Stream, StreamExt};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Chain};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
-use crate::app::App;
-use crate::hub::{Kind, Registration};
-use crate::message::{ClientMessage, ErrorCode, ProtocolError, ServerMessage, now_ms};
-use crate::protocol::{self, Assembler, Close, Event, Inbound};
+use crate::limits::{ERROR_BURST, ERROR_REFILL_PER_SEC, MAX_ROOMS_PER_CONNECTION};
+use crate::node::{Node, Registration};
+use crate::protocol::json::{ClientMessage, ErrorCode, ProtocolError, ServerMessage, now_ms};
+use crate::protocol::{self, Assembler, Close, Dialect, Event, Inbound, text};
 use crate::shutdown::CLOSE_GRACE;
 
 /// At most this many frames go into one `writev` call (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
-/// Rooms one connection may be in at once.
-pub const MAX_ROOMS_PER_CONNECTION: usize = 64;
-/// Invalid messages a room client may send in a burst before it is closed
-/// with 1008 ...
-pub const ERROR_BURST: f64 = 10.0;
-/// ... and how many more per second it earns back.
-pub const ERROR_REFILL_PER_SEC: f64 = 1.0;
 
-/// The protocol a session speaks.
+/// How a session starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
-    /// The seeds' texts: greeting, `You said:`/`New message:`, broadcasts.
+pub enum Opening {
+    /// The plain-text dialect: greeting, `You said:`/`New message:`,
+    /// broadcasts.
     Text,
-    /// The typed JSON protocol, starting in this room.
-    Rooms(String),
+    /// The JSON dialect, starting in `room`.
+    Json { room: String },
 }
 
 /// Why the session loop ended.
@@ -59,26 +55,21 @@ enum Ending {
 }
 
 /// Serves one upgraded WebSocket for `user` until it closes.
-pub async fn run<R, W>(app: Arc<App>, reader: R, mut writer: W, user: Arc<str>, mode: Mode)
+pub async fn run<R, W>(node: Arc<Node>, reader: R, mut writer: W, user: Arc<str>, opening: Opening)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut registration = match &mode {
-        Mode::Text => app
-            .hub
-            .register(user.clone(), Some(app.connected_frame.clone())),
-        Mode::Rooms(room) => {
-            let remote = app.broker.remote_presence(room).await;
-            app.hub.register_in_room(user.clone(), room, &remote)
-        }
+    let mut registration = match &opening {
+        Opening::Text => node.connect_text(user.clone()),
+        Opening::Json { room } => node.connect_json(user.clone(), room).await,
     };
-    tracing::debug!(conn = registration.id(), %user, active = app.hub.len(), "client connected");
-    let mut inbound = pin!(frames(reader, app.config.max_message_size));
+    tracing::debug!(conn = registration.id(), %user, active = node.local_connections(), "client connected");
+    let mut inbound = pin!(frames(reader, node.config().max_message_size));
 
     let mut pending = VecDeque::new();
-    let ending = serve(
-        &app,
+    let ending = converse(
+        &node,
         &mut registration,
         inbound.as_mut(),
         &mut writer,
@@ -94,15 +85,15 @@ where
     }
     drop(registration);
     close(ending, pending, inbound, &mut writer).await;
-    tracing::debug!(conn = id, %user, active = app.hub.len(), "client disconnected");
+    tracing::debug!(conn = id, %user, active = node.local_connections(), "client disconnected");
 }
 
 /// The session loop proper: returns as soon as the connection must end.
 ///
 /// On return `pending` holds at most one frame: the rest of a frame whose
 /// write was interrupted, which must go out before anything else.
-async fn serve<S, W>(
-    app: &App,
+async fn converse<S, W>(
+    node: &Node,
     reg: &mut Registration,
     mut inbound: std::pin::Pin<&mut S>,
     writer: &mut W,
@@ -114,20 +105,17 @@ where
 {
     let outbox = reg.outbox().clone();
     let outbox = &outbox;
-    let mut assembler = Assembler::new(app.config.max_message_size);
-    let rate = f64::from(app.config.rate_limit);
+    let mut assembler = Assembler::new(node.config().max_message_size);
+    let rate = f64::from(node.config().rate_limit);
     let mut budget = Budget::new(rate, rate);
     let mut errors = Budget::new(ERROR_REFILL_PER_SEC, ERROR_BURST);
-    let shutdown_frame = match reg.kind() {
-        Kind::Text => app.shutdown_frame.clone(),
-        Kind::Json => app.shutdown_json_frame.clone(),
-    };
+    let shutdown_frame = node.shutdown_notice(reg.dialect());
     let mut notified = false;
     // Created once and pinned: re-creating these futures on every wake-up
     // re-registered their waiters each time (seen in the fan-out profile).
     let killed = outbox.killed();
-    let forced = app.shutdown.forced();
-    let draining = app.shutdown.draining();
+    let forced = node.shutdown().forced();
+    let draining = node.shutdown().draining();
     let ready = outbox.ready();
     tokio::pin!(killed, forced, draining, ready);
     loop {
@@ -143,14 +131,14 @@ where
                 // A push between here and the next poll leaves a permit.
                 ready.set(outbox.ready());
                 outbox.drain_into(pending);
-                if let Some(ending) = flush(app, reg, writer, pending).await {
+                if let Some(ending) = flush(node, reg, writer, pending).await {
                     return ending;
                 }
             }
             frame = inbound.next() => {
                 let event = match frame {
                     Some(Ok(frame)) => {
-                        outbox.touch(app.hub.now_ms());
+                        outbox.touch(node.now_ms());
                         assembler.push(frame)
                     }
                     Some(Err(err)) => return read_failed(&err),
@@ -159,9 +147,9 @@ where
                 if matches!(event, Event::Text(_) | Event::Ping(_)) && !budget.spend() {
                     return Ending::Close(Close::RateLimited);
                 }
-                let ending = match (event, reg.kind()) {
-                    (Event::Text(text), Kind::Json) => on_message(app, reg, &text, &mut errors).await,
-                    (event, _) => on_event(app, reg, event),
+                let ending = match (event, reg.dialect()) {
+                    (Event::Text(text), Dialect::Json) => on_message(node, reg, &text, &mut errors).await,
+                    (event, _) => on_event(node, reg, event),
                 };
                 if let Some(ending) = ending {
                     return ending;
@@ -172,13 +160,13 @@ where
 }
 
 /// Acts on one classified inbound frame; `Some` ends the session.
-fn on_event(app: &App, reg: &Registration, event: Event) -> Option<Ending> {
+fn on_event(node: &Node, reg: &Registration, event: Event) -> Option<Ending> {
     match event {
-        Event::Text(text) => {
-            app.metrics.message_received();
+        Event::Text(said) => {
+            node.metrics().message_received();
             reg.outbox()
-                .push(protocol::text_frame(&protocol::you_said(&text)));
-            app.broadcast(&protocol::new_message(&text), Some(reg.id()));
+                .push(protocol::text_frame(&text::you_said(&said)));
+            node.relay(&said, reg.id());
             None
         }
         Event::Ping(payload) => {
@@ -194,15 +182,15 @@ fn on_event(app: &App, reg: &Registration, event: Event) -> Option<Ending> {
 /// Acts on one message of the JSON protocol; `Some` ends the session. A bad
 /// message is answered with `system.error` and spends the error budget.
 async fn on_message(
-    app: &App,
+    node: &Node,
     reg: &mut Registration,
     text: &str,
     errors: &mut Budget,
 ) -> Option<Ending> {
-    app.metrics.message_received();
-    let refused = match ClientMessage::decode(text, app.config.max_text_length) {
+    node.metrics().message_received();
+    let refused = match ClientMessage::decode(text, node.config().max_text_length) {
         Err(err) => err,
-        Ok(message) => match act(app, reg, message).await {
+        Ok(message) => match act(node, reg, message).await {
             Ok(()) => return None,
             Err(err) => err,
         },
@@ -212,14 +200,14 @@ async fn on_message(
         code = refused.code.as_str(),
         "refused a message"
     );
-    app.metrics.protocol_error();
+    node.metrics().protocol_error();
     reg.outbox().push(refused.to_message().frame());
     (!errors.spend()).then_some(Ending::Close(Close::Abuse))
 }
 
 /// Carries out one valid client message.
 async fn act(
-    app: &App,
+    node: &Node,
     reg: &mut Registration,
     message: ClientMessage,
 ) -> Result<(), ProtocolError> {
@@ -228,8 +216,7 @@ async fn act(
             if !reg.is_in(&room) {
                 return Err(not_in(&room));
             }
-            let delivery = ServerMessage::delivery(&room, reg.user(), &text);
-            app.broker.publish_room(&room, &delivery.encode(), None);
+            node.say(&room, reg.user(), &text);
         }
         ClientMessage::RoomJoin { room } => {
             if !reg.is_in(&room) && reg.rooms().len() >= MAX_ROOMS_PER_CONNECTION {
@@ -238,7 +225,7 @@ async fn act(
                     format!("a connection may be in at most {MAX_ROOMS_PER_CONNECTION} rooms"),
                 ));
             }
-            join(app, reg, &room).await;
+            node.join(reg, &room).await;
         }
         ClientMessage::RoomLeave { room } => {
             if !reg.leave(&room) {
@@ -262,21 +249,14 @@ fn not_in(room: &str) -> ProtocolError {
     )
 }
 
-/// Puts the connection in `room`; the hub queues `room.joined` with the
-/// members, before any message of that room. Joining a room again only
-/// re-sends the roster.
-async fn join(app: &App, reg: &mut Registration, room: &str) {
-    let remote = app.broker.remote_presence(room).await;
-    reg.join(room, &remote);
-}
-
 /// A token bucket: `rate` tokens per second, at most `burst` saved up. A
 /// rate of 0 never runs out.
 struct Budget {
     rate: f64,
     burst: f64,
     tokens: f64,
-    refilled: std::time::Instant,
+    /// tokio's clock, so paused time drives it in tests.
+    refilled: Instant,
 }
 
 impl Budget {
@@ -285,7 +265,7 @@ impl Budget {
             rate,
             burst,
             tokens: burst,
-            refilled: std::time::Instant::now(),
+            refilled: Instant::now(),
         }
     }
 
@@ -294,7 +274,7 @@ impl Budget {
         if self.rate == 0.0 {
             return true;
         }
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + earned).min(self.burst);
         self.refilled = now;
@@ -324,7 +304,7 @@ fn read_failed(err: &WebSocketError) -> Ending {
 /// Writes every pending frame; a kill or forced close interrupts a write
 /// blocked on a client that stopped reading. `Some` ends the session.
 async fn flush<W>(
-    app: &App,
+    node: &Node,
     reg: &Registration,
     writer: &mut W,
     pending: &mut VecDeque<Bytes>,
@@ -339,13 +319,13 @@ where
         biased;
         written = write_frames(writer, pending) => match written {
             Ok(()) => {
-                app.metrics.delivered(count);
+                node.metrics().delivered(count);
                 None
             }
             Err(_) => Some(Ending::Gone),
         },
         _ = reg.outbox().killed() => Some(interrupted(pending, kill_reason(reg))),
-        _ = app.shutdown.forced() => Some(interrupted(pending, Close::GoingAway)),
+        _ = node.shutdown().forced() => Some(interrupted(pending, Close::GoingAway)),
     }
 }
 

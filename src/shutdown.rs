@@ -6,14 +6,13 @@
 //! not on a counter polled in a loop.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use tokio::time::{MissedTickBehavior, interval_at, sleep_until};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 
 /// How long a close handshake may take: the server's close frame being
@@ -81,9 +80,10 @@ impl Shutdown {
 
     /// Drains the server. `signals` yields once more per further SIGINT or
     /// SIGTERM; the first of those skips straight to the forced close.
+    /// `connections` counts the sessions still open, for the log.
     pub async fn drain<S>(
         &self,
-        hub: &Hub,
+        connections: impl Fn() -> usize,
         metrics: &Metrics,
         timing: Timing,
         signals: S,
@@ -96,16 +96,19 @@ impl Shutdown {
         self.sessions.close();
         metrics.shutdown_started();
         tracing::info!(
-            active_connections = hub.len(),
+            active_connections = connections(),
             timeout_s = timing.timeout.as_secs_f64(),
             "graceful shutdown started: refusing new WebSocket clients, sending the shutdown notice to {} clients",
-            hub.len()
+            connections()
         );
-        let why = match self.wait_for_clients(hub, timing, started, signals).await {
+        let why = match self
+            .wait_for_clients(&connections, timing, started, signals)
+            .await
+        {
             Ok(outcome) => return outcome,
             Err(why) => why,
         };
-        let remaining = hub.len();
+        let remaining = connections();
         tracing::warn!(
             remaining,
             "{why}: force-closing {remaining} connections with 1001"
@@ -118,7 +121,7 @@ impl Shutdown {
             .is_err()
         {
             tracing::warn!(
-                remaining = hub.len(),
+                remaining = connections(),
                 "some connections did not close in time; dropping them"
             );
         }
@@ -132,7 +135,7 @@ impl Shutdown {
     /// the wait was cut short.
     async fn wait_for_clients<S>(
         &self,
-        hub: &Hub,
+        connections: &impl Fn() -> usize,
         timing: Timing,
         started: Instant,
         mut signals: S,
@@ -141,7 +144,7 @@ impl Shutdown {
         S: Stream<Item = ()> + Unpin,
     {
         let deadline = started + timing.timeout;
-        let first_tick = (started + timing.log_interval).into();
+        let first_tick = started + timing.log_interval;
         let mut progress = interval_at(first_tick, timing.log_interval);
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -154,14 +157,14 @@ impl Shutdown {
                     );
                     return Ok(Outcome::Drained(took));
                 }
-                _ = sleep_until(deadline.into()) => return Err("shutdown timeout reached"),
+                _ = sleep_until(deadline) => return Err("shutdown timeout reached"),
                 Some(()) = signals.next() => return Err("second signal received"),
                 _ = progress.tick() => {
                     let elapsed = started.elapsed();
                     let left = timing.timeout.saturating_sub(elapsed);
                     tracing::info!(
                         "shutdown in progress: active connections: {}, elapsed: {:.2}s, remaining before forced close: {:.2}s",
-                        hub.len(),
+                        connections(),
                         elapsed.as_secs_f64(),
                         left.as_secs_f64()
                     );

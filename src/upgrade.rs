@@ -19,30 +19,32 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::app::App;
-use crate::auth::{Refusal, query_param};
-use crate::http::{MAX_CLIENT_ID, ResponseBody, error, retry_after, unauthorized};
-use crate::message::{MAX_ROOM_NAME, valid_room};
-use crate::session::{self, Mode};
+use crate::auth::Refusal;
+use crate::http::reply::{ResponseBody, error, unauthorized, unavailable};
+use crate::limits::{invalid_room, user_id_fits, user_id_too_long, valid_room};
+use crate::node::Node;
+use crate::query::query_param;
+use crate::session::{self, Opening};
 
 /// What a WebSocket request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// `/ws` or `/ws/{client_id}`: the seeds' plain-text protocol.
-    Plain(Option<String>),
-    /// `/ws/rooms/{room}`: the JSON protocol, starting in `room`.
-    Room(String),
+    /// `/ws` or `/ws/{client_id}`: the plain-text dialect.
+    Text(Option<String>),
+    /// `/ws/rooms/{room}`: the JSON dialect, starting in `room`.
+    Json(String),
 }
 
 /// Answers an upgrade request and, on success, starts its session.
-pub fn websocket<B>(app: &Arc<App>, mut req: Request<B>, target: Target) -> Response<ResponseBody> {
-    if app.shutdown.is_draining() {
-        let mut res = error(
-            StatusCode::SERVICE_UNAVAILABLE,
+pub fn websocket<B>(
+    node: &Arc<Node>,
+    mut req: Request<B>,
+    target: Target,
+) -> Response<ResponseBody> {
+    if node.shutdown().is_draining() {
+        return unavailable(
             "server is shutting down; reconnect later, possibly to another instance",
         );
-        res.headers_mut().insert(header::RETRY_AFTER, retry_after());
-        return res;
     }
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let mut res = error(
@@ -55,33 +57,24 @@ pub fn websocket<B>(app: &Arc<App>, mut req: Request<B>, target: Target) -> Resp
     }
     // A room connection may name its user with `?user=` when tokens are off;
     // with tokens on, the name must be the token's `sub`.
-    let (client_id, mode) = match target {
-        Target::Plain(client_id) => (client_id, Mode::Text),
-        Target::Room(room) => (query_param(req.uri(), "user"), Mode::Rooms(room)),
+    let (client_id, opening) = match target {
+        Target::Text(client_id) => (client_id, Opening::Text),
+        Target::Json(room) => (query_param(req.uri(), "user"), Opening::Json { room }),
     };
-    let admission = match app
-        .auth
+    let admission = match node
+        .auth()
         .admit(req.uri(), req.headers(), client_id.as_deref())
     {
         Ok(admission) => admission,
         Err(refusal) => return refused(refusal),
     };
-    if client_id
-        .as_ref()
-        .is_some_and(|id| id.len() > MAX_CLIENT_ID)
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("client_id longer than {MAX_CLIENT_ID} bytes"),
-        );
+    if client_id.as_ref().is_some_and(|id| !user_id_fits(id)) {
+        return error(StatusCode::BAD_REQUEST, &user_id_too_long("client_id"));
     }
-    if let Mode::Rooms(room) = &mode
+    if let Opening::Json { room } = &opening
         && !valid_room(room)
     {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("invalid room name: 1 to {MAX_ROOM_NAME} letters, digits or _ - . : @"),
-        );
+        return error(StatusCode::BAD_REQUEST, &invalid_room());
     }
     let (mut res, upgrading) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(ok) => ok,
@@ -98,10 +91,10 @@ pub fn websocket<B>(app: &Arc<App>, mut req: Request<B>, target: Target) -> Resp
         .or(client_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         .into();
-    let app_for_session = app.clone();
-    app.shutdown.spawn_session(async move {
+    let session_node = node.clone();
+    node.shutdown().spawn_session(async move {
         match upgrading.await {
-            Ok(ws) => serve(app_for_session, ws.into_inner().into_inner(), user, mode).await,
+            Ok(ws) => hand_over(session_node, ws.into_inner().into_inner(), user, opening).await,
             Err(err) => tracing::debug!(%err, "upgrade did not complete"),
         }
     });
@@ -110,7 +103,7 @@ pub fn websocket<B>(app: &Arc<App>, mut req: Request<B>, target: Target) -> Resp
 
 /// Runs the session on the raw TCP stream when hyper gives it back, so reads
 /// and writes go straight to the socket halves without a shared lock.
-async fn serve(app: Arc<App>, upgraded: Upgraded, user: Arc<str>, mode: Mode) {
+async fn hand_over(node: Arc<Node>, upgraded: Upgraded, user: Arc<str>, opening: Opening) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let mut tcp = parts.io.into_inner();
@@ -122,16 +115,16 @@ async fn serve(app: Arc<App>, upgraded: Upgraded, user: Arc<str>, mode: Mode) {
             let early = Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
             let read = Cursor::new(early).chain(read);
-            session::run(app, read, write, user, mode).await
+            session::run(node, read, write, user, opening).await
         }
         Err(upgraded) => {
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            session::run(app, read, write, user, mode).await
+            session::run(node, read, write, user, opening).await
         }
     }
 }
 
-/// The answer to a request refused by [`crate::auth::Auth::admit`].
+/// The answer to a request refused by [`Auth::admit`](crate::auth::Auth::admit).
 fn refused(refusal: Refusal) -> Response<ResponseBody> {
     tracing::debug!(reason = %refusal, "WebSocket upgrade refused");
     match refusal.status() {

@@ -237,7 +237,7 @@ async fn periodic_notifications_reach_every_client() {
 async fn periodic_notifications_at_the_default_interval_say_10_seconds() {
     // The default interval is too slow for a test; the text is what matters.
     assert_eq!(
-        wsnotify::protocol::periodic(Config::default().notification_interval),
+        wsnotify::protocol::text::periodic(Config::default().notification_interval),
         "Periodic notification: every 10 seconds"
     );
 }

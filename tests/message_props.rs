@@ -1,5 +1,5 @@
 //! Property tests of the typed JSON protocol of room connections
-//! (`wsnotify::message`, `/ws/rooms/{room}`).
+//! (`wsnotify::protocol::json`, `/ws/rooms/{room}`).
 //!
 //! 1. Round trips: every client and server message survives encode → decode,
 //!    under the wire `type` the protocol documents; the strategies provably
@@ -35,7 +35,7 @@ use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use support::*;
 use wsnotify::Config;
-use wsnotify::message::{ClientMessage, ErrorCode, ServerMessage};
+use wsnotify::protocol::json::{ClientMessage, ErrorCode, ServerMessage};
 
 // ---------------------------------------------------------------------------
 // The reference: what the protocol description promises, independent of src/.

@@ -25,7 +25,7 @@ use support::redis::{
 };
 use support::*;
 use wsnotify::Config;
-use wsnotify::message::{ClientMessage, ServerMessage};
+use wsnotify::protocol::json::{ClientMessage, ServerMessage};
 
 const ROOM: &str = "test";
 

@@ -20,9 +20,10 @@ use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use wsnotify::Config;
-use wsnotify::message::{ClientMessage, ErrorCode, MAX_ROOM_NAME, ServerMessage, now_ms};
-use wsnotify::protocol::SHUTDOWN_NOTICE;
-use wsnotify::session::MAX_ROOMS_PER_CONNECTION;
+use wsnotify::limits::MAX_ROOM_NAME;
+use wsnotify::limits::MAX_ROOMS_PER_CONNECTION;
+use wsnotify::protocol::json::{ClientMessage, ErrorCode, ServerMessage, now_ms};
+use wsnotify::protocol::text::SHUTDOWN_NOTICE;
 
 // ---------------------------------------------------------------- helpers
 
@@ -1094,7 +1095,7 @@ async fn periodic_notifications_skip_room_clients() {
     .await;
     let (mut room, _) = join_room(server.addr, "test", "u1").await;
     let mut plain = connect(server.addr, "/ws").await;
-    let periodic = wsnotify::protocol::periodic(every);
+    let periodic = wsnotify::protocol::text::periodic(every);
     for _ in 0..2 {
         assert_eq!(next_text(&mut plain).await, periodic);
     }

@@ -1,41 +1,33 @@
 //! The embedded broker: one process, nothing else to run. Every message is
-//! delivered straight to this process's hub.
+//! handed straight to this process's delivery.
 
-use std::sync::Arc;
-
-use crate::hub::{ConnId, Fanout, Hub};
-use crate::protocol;
+use super::{Notified, Reach};
+use crate::delivery::{Delivery, Inbound};
+use crate::hub::Fanout;
 
 /// Delivers to the local hub only.
 #[derive(Debug)]
 pub struct MemoryBroker {
-    hub: Arc<Hub>,
+    delivery: Delivery,
 }
 
 impl MemoryBroker {
-    /// A broker over `hub`.
-    pub fn new(hub: Arc<Hub>) -> Self {
-        MemoryBroker { hub }
+    /// A broker handing everything to `delivery`.
+    pub fn new(delivery: Delivery) -> Self {
+        MemoryBroker { delivery }
     }
 
-    /// Sends `text` to every local connection but `except`.
-    pub fn broadcast(&self, text: &str, except: Option<ConnId>) -> Fanout {
-        self.hub.broadcast(&protocol::text_frame(text), except)
-    }
-
-    /// Sends `text` to every local member of `room` but `except`.
-    pub fn publish_room(&self, room: &str, text: &str, except: Option<ConnId>) -> Fanout {
-        self.hub
-            .send_to_room(room, &protocol::text_frame(text), except)
-    }
-
-    /// The users in `room`, sorted.
-    pub fn presence(&self, room: &str) -> Vec<String> {
-        self.hub.room_users(room)
+    /// Delivers `message` at once: this process is the whole world.
+    pub fn publish(&self, message: Inbound<'_>) -> Fanout {
+        self.delivery.deliver(message)
     }
 
     /// Sends `text` to every local connection of `user`.
-    pub fn notify(&self, user: &str, text: &str) -> Fanout {
-        self.hub.send_to_user(user, text)
+    pub fn notify(&self, user: &str, text: &str) -> Notified {
+        let fanout = self.delivery.deliver(Inbound::User { user, text });
+        Notified {
+            instances: usize::from(fanout.queued > 0),
+            reach: Reach::Everywhere,
+        }
     }
 }

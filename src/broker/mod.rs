@@ -3,24 +3,25 @@
 //! trait object: there are exactly two, the hot path stays free of dynamic
 //! dispatch and boxed futures, and `match` shows every difference in one place.
 //!
-//! - [`memory`]: the default; this process's hub is the whole world.
+//! A broker moves messages between instances and nothing else: whatever it
+//! receives for this instance's clients it hands to the node's
+//! [`Delivery`](crate::delivery::Delivery).
+//!
+//! - [`memory`]: the default; this process is the whole world.
 //! - [`redis`]: several instances share Redis Pub/Sub (`REDIS_URL`), with
-//!   presence kept in Redis by [`presence`].
+//!   presence kept in Redis.
 
 pub mod memory;
-pub mod presence;
 pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde_json::{Value, json};
-
-use crate::config::Config;
-use crate::hub::{ConnId, Fanout, Hub};
-use crate::metrics::Metrics;
+use crate::delivery::Inbound;
+use crate::hub::Fanout;
 
 pub use self::memory::MemoryBroker;
-pub use self::redis::{RedisBroker, RedisError};
+pub use self::redis::RedisBroker;
 
 /// The broker of one running server.
 #[derive(Debug)]
@@ -29,92 +30,81 @@ pub enum Broker {
     Redis(Arc<RedisBroker>),
 }
 
+/// Whom an operation could reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Every instance (in memory mode this process is all of them).
+    Everywhere,
+    /// This instance only: Redis is unreachable.
+    ThisInstance,
+}
+
 /// What a per-user notification reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Notified {
     /// Instances that received it: Redis' PUBLISH count, or in memory mode
     /// 1 when this process holds a connection of the user, else 0.
     pub instances: usize,
-    /// Whether Redis was unreachable, so only local clients were reached.
-    pub degraded: bool,
+    pub reach: Reach,
+}
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid REDIS_URL: {0}")]
+    RedisUrl(#[source] ::redis::RedisError),
+}
+
+/// The broker's part of `/health`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BrokerHealth {
+    Memory,
+    Redis {
+        up: bool,
+        /// This instance's id in Redis.
+        instance: String,
+        /// Connection losses since start.
+        outages: u64,
+        last_error: Option<String>,
+        /// How long the current outage has lasted.
+        down_for: Option<Duration>,
+    },
 }
 
 impl Broker {
-    /// Builds the broker `config` asks for, with the hub it delivers to. In
-    /// Redis mode the connection is made in the background: an unreachable
-    /// Redis leaves the server up in degraded mode.
-    pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<(Broker, Arc<Hub>), RedisError> {
-        let hub = Hub::new(config.outbound_queue, metrics.clone())
-            .with_queue_bytes(config.outbound_queue_bytes);
-        match &config.redis_url {
-            None => {
-                let hub = Arc::new(hub);
-                Ok((Broker::Memory(MemoryBroker::new(hub.clone())), hub))
-            }
-            Some(url) => {
-                let (watcher, memberships) = tokio::sync::mpsc::unbounded_channel();
-                let hub = Arc::new(hub.with_watcher(watcher));
-                let settings = redis::Settings::from_config(config, url);
-                let broker = RedisBroker::start(settings, hub.clone(), memberships, metrics)?;
-                Ok((Broker::Redis(broker), hub))
-            }
-        }
-    }
-
-    /// Sends `text` to every client of every instance but the local
-    /// connection `except`. Never waits: local clients get it at once, and
-    /// the Redis publish is queued.
-    pub fn broadcast(&self, text: &str, except: Option<ConnId>) -> Fanout {
+    /// Sends a broadcast or room message to its recipients on every
+    /// instance. Never waits: local clients get it at once, and the Redis
+    /// publish is queued.
+    pub fn publish(&self, message: Inbound<'_>) -> Fanout {
         match self {
-            Broker::Memory(memory) => memory.broadcast(text, except),
-            Broker::Redis(redis) => redis.broadcast(text, except),
-        }
-    }
-
-    /// Sends `text` (a JSON message) to every member of `room` on every
-    /// instance but the local connection `except`. Never waits.
-    pub fn publish_room(&self, room: &str, text: &str, except: Option<ConnId>) -> Fanout {
-        match self {
-            Broker::Memory(memory) => memory.publish_room(room, text, except),
-            Broker::Redis(redis) => redis.publish_room(room, text, except),
-        }
-    }
-
-    /// The users present in `room`, sorted, and whether only this
-    /// instance's are known (Redis unreachable).
-    pub async fn presence(&self, room: &str) -> (Vec<String>, bool) {
-        match self {
-            Broker::Memory(memory) => (memory.presence(room), false),
-            Broker::Redis(redis) => redis.presence(room).await,
-        }
-    }
-
-    /// The users present in `room` as far as other instances know (Redis
-    /// mode; may include local ones), for a joiner's roster. Empty in memory
-    /// mode or while Redis is unreachable.
-    pub async fn remote_presence(&self, room: &str) -> Vec<String> {
-        match self {
-            Broker::Memory(_) => Vec::new(),
-            Broker::Redis(redis) => redis.listed(room).await.unwrap_or_default(),
+            Broker::Memory(memory) => memory.publish(message),
+            Broker::Redis(redis) => redis.publish(message),
         }
     }
 
     /// Sends `text` to every connection of `user` on every instance.
     pub async fn notify(&self, user: &str, text: &str) -> Notified {
         match self {
-            Broker::Memory(memory) => Notified {
-                instances: usize::from(memory.notify(user, text).queued > 0),
-                degraded: false,
-            },
+            Broker::Memory(memory) => memory.notify(user, text),
             Broker::Redis(redis) => redis.notify(user, text).await,
         }
     }
 
-    /// Connections on every instance (Redis mode), or on this one.
-    pub async fn connections(&self, hub: &Hub) -> usize {
+    /// The users present in `room` as far as other instances know (Redis
+    /// mode; may include local ones). Empty in memory mode; `None` while
+    /// Redis is unreachable.
+    pub async fn listed(&self, room: &str) -> Option<Vec<String>> {
         match self {
-            Broker::Memory(_) => hub.len(),
-            Broker::Redis(redis) => redis.connections().await,
+            Broker::Memory(_) => Some(Vec::new()),
+            Broker::Redis(redis) => redis.listed(room).await,
+        }
+    }
+
+    /// Connections on every instance, given this one's `local` count.
+    pub async fn connections(&self, local: usize) -> (usize, Reach) {
+        match self {
+            Broker::Memory(_) => (local, Reach::Everywhere),
+            Broker::Redis(redis) => redis.connections(local).await,
         }
     }
 
@@ -126,11 +116,11 @@ impl Broker {
         }
     }
 
-    /// The `broker` object of `/health`.
-    pub fn status(&self) -> Value {
+    /// The broker's state, for `/health`.
+    pub fn health(&self) -> BrokerHealth {
         match self {
-            Broker::Memory(_) => json!({ "kind": "memory", "status": "ok" }),
-            Broker::Redis(redis) => redis.status(),
+            Broker::Memory(_) => BrokerHealth::Memory,
+            Broker::Redis(redis) => redis.health(),
         }
     }
 

@@ -425,7 +425,7 @@ pub async fn shutdown_write(raw: &mut RawWs) {
 pub async fn join_room(addr: SocketAddr, room: &str, user: &str) -> (Ws, Vec<String>) {
     let mut ws = connect_raw(addr, &format!("/ws/rooms/{room}?user={user}")).await;
     match next_json(&mut ws).await {
-        wsnotify::message::ServerMessage::Joined {
+        wsnotify::protocol::json::ServerMessage::Joined {
             room: joined,
             users,
         } => {
@@ -437,25 +437,28 @@ pub async fn join_room(addr: SocketAddr, room: &str, user: &str) -> (Ws, Vec<Str
 }
 
 /// The next JSON-protocol message, skipping `system.ping` heartbeats.
-pub async fn next_json(ws: &mut Ws) -> wsnotify::message::ServerMessage {
+pub async fn next_json(ws: &mut Ws) -> wsnotify::protocol::json::ServerMessage {
     loop {
         let text = next_text(ws).await;
-        let message = wsnotify::message::ServerMessage::decode(&text)
+        let message = wsnotify::protocol::json::ServerMessage::decode(&text)
             .unwrap_or_else(|err| panic!("not a server message ({err}): {text}"));
-        if !matches!(message, wsnotify::message::ServerMessage::Ping { .. }) {
+        if !matches!(
+            message,
+            wsnotify::protocol::json::ServerMessage::Ping { .. }
+        ) {
             return message;
         }
     }
 }
 
 /// Sends a client message of the JSON protocol.
-pub async fn send_json(ws: &mut Ws, message: &wsnotify::message::ClientMessage) {
+pub async fn send_json(ws: &mut Ws, message: &wsnotify::protocol::json::ClientMessage) {
     send(ws, &message.encode()).await;
 }
 
 /// Asserts `ts` (Unix ms) is the server's time of a moment ago.
 pub fn assert_recent(ts: u64) {
-    let now = wsnotify::message::now_ms();
+    let now = wsnotify::protocol::json::now_ms();
     assert!(
         ts <= now && now - ts < 2 * PATIENCE.as_millis() as u64,
         "ts {ts} is not recent (now {now})"
@@ -466,7 +469,7 @@ pub fn assert_recent(ts: u64) {
 /// `id` and `ts`.
 pub async fn expect_delivery(ws: &mut Ws, room: &str, user: &str, text: &str) -> (String, u64) {
     match next_json(ws).await {
-        wsnotify::message::ServerMessage::Delivery {
+        wsnotify::protocol::json::ServerMessage::Delivery {
             room: r,
             user: u,
             text: t,

@@ -1,6 +1,8 @@
-//! What travels on the wire: the seed-compatible texts, pre-encoded frames,
-//! the close codes a client can observe, and the reassembly of fragmented
-//! inbound messages.
+//! What travels on the wire, at the WebSocket frame level: pre-encoded
+//! outbound frames, the close codes a client can observe, and the
+//! reassembly and classification of inbound frames. What the frames say is
+//! in [`text`] (the seeds' plain texts) and [`json`] (the typed JSON
+//! protocol).
 //!
 //! Outbound frames are encoded once by fastwebsockets' [`Frame::write`] into a
 //! [`Bytes`] (header + payload), so one broadcast to 10k clients shares one
@@ -9,30 +11,17 @@
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{CloseCode as WsCloseCode, Frame, OpCode, Payload, WebSocketError};
 
-/// First frame every client receives (seed 000/001).
-pub const CONNECTED: &str = "🟢 Connected to server";
-/// Notice sent to every client when a drain starts; contains `shutting down`.
-pub const SHUTDOWN_NOTICE: &str =
-    "🔴 Server is shutting down: finish your work and reconnect later";
+pub mod json;
+pub mod text;
 
-/// `You said: T`, the echo a sender receives for its own message.
-pub fn you_said(text: &str) -> String {
-    format!("You said: {text}")
-}
-
-/// `New message: T`, what every other client receives.
-pub fn new_message(text: &str) -> String {
-    format!("New message: {text}")
-}
-
-/// `Periodic notification: every N seconds` (seed 002).
-pub fn periodic(every: std::time::Duration) -> String {
-    let secs = every.as_secs_f64();
-    if secs.fract() == 0.0 {
-        format!("Periodic notification: every {} seconds", secs as u64)
-    } else {
-        format!("Periodic notification: every {secs} seconds")
-    }
+/// The two dialects a WebSocket connection may speak. They decide which
+/// messages it gets and in what form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `/ws`, `/ws/{client_id}`: the seeds' plain texts ([`text`]).
+    Text,
+    /// `/ws/rooms/{room}`: the typed JSON protocol ([`json`]).
+    Json,
 }
 
 /// Close codes wsnotify sends. Each is documented in `docs/PROTOCOL.md` with
@@ -392,11 +381,5 @@ mod tests {
             parse_client_close(&[0x03, 0xe8, 0xff]),
             Err(Close::InvalidPayload)
         );
-    }
-
-    #[test]
-    fn periodic_text_matches_the_seed() {
-        let ten = std::time::Duration::from_secs(10);
-        assert_eq!(periodic(ten), "Periodic notification: every 10 seconds");
     }
 }

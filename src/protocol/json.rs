@@ -1,7 +1,7 @@
-//! The typed JSON protocol spoken on room connections (`/ws/rooms/{room}`,
-//! seed 003): what a client may send ([`ClientMessage`]), what the server
-//! sends ([`ServerMessage`]), and the typed errors ([`ErrorCode`]) a bad
-//! message gets back as `system.error`, on a connection that stays open.
+//! The typed JSON dialect (seed 003), spoken on `/ws/rooms/{room}`: what a
+//! client may send ([`ClientMessage`]), what the server sends
+//! ([`ServerMessage`]), and the typed errors ([`ErrorCode`]) a bad message
+//! gets back as `system.error`, on a connection that stays open.
 //!
 //! Every message is a JSON object whose `type` names it. Client messages are
 //! decoded by hand rather than by a derived `Deserialize`, so each failure has
@@ -13,19 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Longest room name, in bytes.
-pub const MAX_ROOM_NAME: usize = 128;
-
-/// Whether `name` is a valid room name: 1 ..= [`MAX_ROOM_NAME`] bytes of
-/// ASCII letters, digits and `_ - . : @`. The same rule holds for the URL
-/// path, the JSON messages and the Redis channel `rooms:{room}`.
-pub fn valid_room(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_ROOM_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'))
-}
+use crate::limits::{ROOM_RULE, valid_room};
 
 /// Milliseconds since the Unix epoch, the unit of every `ts`.
 pub fn now_ms() -> u64 {
@@ -226,10 +214,7 @@ fn room(fields: &Map<String, Value>) -> Result<String, ProtocolError> {
     if !valid_room(room) {
         return Err(ProtocolError::new(
             ErrorCode::InvalidRoom,
-            format!(
-                "invalid room name {:?}: 1 to {MAX_ROOM_NAME} letters, digits or _ - . : @",
-                clip(room)
-            ),
+            format!("invalid room name {:?}: {ROOM_RULE}", clip(room)),
         ));
     }
     Ok(room.to_owned())
@@ -335,7 +320,7 @@ impl ServerMessage {
 
     /// The message as one encoded text frame.
     pub fn frame(&self) -> bytes::Bytes {
-        crate::protocol::text_frame(&self.encode())
+        super::text_frame(&self.encode())
     }
 }
 

@@ -1,34 +1,33 @@
-//! HTTP routes. A small router of our own rather than axum: the API is nine
-//! fixed paths, and a `match` keeps the upgrade path (fastwebsockets on plain
-//! hyper) free of extractor layers and compiles in a fraction of the time.
-//! [`handle`] takes any request body, so tests can call it without a socket.
+//! HTTP routes. A small router of our own rather than axum: the API is a
+//! dozen fixed paths, and a `match` keeps the upgrade path (fastwebsockets on
+//! plain hyper) free of extractor layers and compiles in a fraction of the
+//! time. [`handle`] takes any request body, so tests can call it without a
+//! socket. Every handler reaches the server through the [`Node`].
+
+pub mod reply;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::app::App;
-use crate::message::{MAX_ROOM_NAME, ServerMessage, valid_room};
+use self::reply::{ResponseBody, error, json, json_ok, unauthorized};
+use crate::broker::{BrokerHealth, Reach};
+use crate::limits::{MAX_USER_ID, invalid_room, user_id_fits, user_id_too_long, valid_room};
+use crate::node::{Node, Readiness};
+use crate::protocol::json::ServerMessage;
 use crate::upgrade::{self, Target};
 
 /// The error type request bodies may fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The response body type of every route.
-pub type ResponseBody = Full<Bytes>;
-
 /// The test page served at `/`.
-const PAGE: &str = include_str!("page.html");
-/// Longest accepted `client_id` in `/ws/{client_id}`, in bytes.
-pub const MAX_CLIENT_ID: usize = 256;
-/// `Retry-After` sent with a refused upgrade during a drain, in seconds.
-const RETRY_AFTER_SECS: &str = "5";
+const PAGE: &str = include_str!("../page.html");
 
 /// The routes, by path.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,7 +95,7 @@ impl<'a> Route<'a> {
 }
 
 /// Answers one request.
-pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<ResponseBody>
+pub async fn handle<B>(node: Arc<Node>, req: Request<B>) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -116,59 +115,57 @@ where
             .insert(header::ALLOW, HeaderValue::from_static(allow));
         return res;
     }
-    if route.publishes() && !app.auth.publisher_allowed(req.headers()) {
+    if route.publishes() && !node.auth().publisher_allowed(req.headers()) {
         return unauthorized("missing or wrong API key");
     }
     match route {
         Route::Page => page(),
         Route::Ws(client_id) => {
             let client_id = client_id.map(str::to_owned);
-            upgrade::websocket(&app, req, Target::Plain(client_id))
+            upgrade::websocket(&node, req, Target::Text(client_id))
         }
         Route::WsRoom(room) => {
             let room = room.to_owned();
-            upgrade::websocket(&app, req, Target::Room(room))
+            upgrade::websocket(&node, req, Target::Json(room))
         }
-        Route::Broadcast => broadcast(&app, req).await,
+        Route::Broadcast => broadcast(&node, req).await,
         Route::Notify(user) => {
             let user = user.to_owned();
-            notify(&app, &user, req).await
+            notify(&node, &user, req).await
         }
         Route::RoomPublish(room) => {
             let room = room.to_owned();
-            publish_room(&app, &room, req).await
+            publish_room(&node, &room, req).await
         }
         Route::RoomPresence(room) => {
             let room = room.to_owned();
-            presence(&app, &room).await
+            presence(&node, &room).await
         }
         Route::Connections => {
-            let active = app.broker.connections(&app.hub).await;
+            let (active, _) = node.connections().await;
             json_ok(json!({ "active_connections": active }))
         }
-        Route::Health => health(&app),
-        Route::Ready => ready(&app),
-        Route::Metrics => metrics(&app),
+        Route::Health => health(&node),
+        Route::Ready => ready(&node),
+        Route::Metrics => metrics(&node),
     }
 }
 
 fn page() -> Response<ResponseBody> {
-    let mut res = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    res
+    reply::body(
+        "text/html; charset=utf-8",
+        Bytes::from_static(PAGE.as_bytes()),
+    )
 }
 
-async fn broadcast<B>(app: &App, req: Request<B>) -> Response<ResponseBody>
+async fn broadcast<B>(node: &Node, req: Request<B>) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    match message(app, req).await {
+    match message(node, req).await {
         Ok(text) => {
-            let fanout = app.broadcast(&text, None);
+            let fanout = node.broadcast(&text);
             tracing::debug!(local_recipients = fanout.queued, "broadcast over HTTP");
             json_ok(json!({ "status": "Message broadcasted" }))
         }
@@ -176,23 +173,20 @@ where
     }
 }
 
-async fn notify<B>(app: &App, user: &str, req: Request<B>) -> Response<ResponseBody>
+async fn notify<B>(node: &Node, user: &str, req: Request<B>) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if user.len() > MAX_CLIENT_ID {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("user_id longer than {MAX_CLIENT_ID} bytes"),
-        );
+    if !user_id_fits(user) {
+        return error(StatusCode::BAD_REQUEST, &user_id_too_long("user_id"));
     }
-    match message(app, req).await {
+    match message(node, req).await {
         Ok(text) => {
-            let notified = app.broker.notify(user, &text).await;
+            let notified = node.notify(user, &text).await;
             let mut body =
                 json!({ "status": "Notification sent", "instances": notified.instances });
-            if notified.degraded {
+            if notified.reach == Reach::ThisInstance {
                 body["broker"] = json!("degraded: delivered to this instance's clients only");
             }
             json_ok(body)
@@ -205,7 +199,7 @@ where
 /// `chat.delivery` to every member of the room on every instance. `user`
 /// names the sender and defaults to `server`; `message` is accepted for
 /// `text`, as in `/broadcast`.
-async fn publish_room<B>(app: &App, room: &str, req: Request<B>) -> Response<ResponseBody>
+async fn publish_room<B>(node: &Node, room: &str, req: Request<B>) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -213,7 +207,7 @@ where
     if let Some(res) = bad_room(room) {
         return res;
     }
-    let mut fields = match object(app, req).await {
+    let mut fields = match object(node, req).await {
         Ok(fields) => fields,
         Err(res) => return res,
     };
@@ -225,27 +219,24 @@ where
         Some(_) => return error(StatusCode::BAD_REQUEST, "\"text\" must be a string"),
     };
     let chars = text.chars().count();
-    if chars > app.config.max_text_length {
+    let limit = node.config().max_text_length;
+    if chars > limit {
         return error(
             StatusCode::BAD_REQUEST,
-            &format!(
-                "\"text\" has {chars} characters; the limit is {}",
-                app.config.max_text_length
-            ),
+            &format!("\"text\" has {chars} characters; the limit is {limit}"),
         );
     }
     let user = match fields.remove("user") {
         None | Some(Value::Null) => "server".to_owned(),
-        Some(Value::String(user)) if !user.is_empty() && user.len() <= MAX_CLIENT_ID => user,
+        Some(Value::String(user)) if !user.is_empty() && user_id_fits(&user) => user,
         Some(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                &format!("\"user\" must be a string of 1 to {MAX_CLIENT_ID} bytes"),
+                &format!("\"user\" must be a string of 1 to {MAX_USER_ID} bytes"),
             );
         }
     };
-    let delivery = ServerMessage::delivery(room, &user, &text);
-    let fanout = app.broker.publish_room(room, &delivery.encode(), None);
+    let (delivery, fanout) = node.say(room, &user, &text);
     let ServerMessage::Delivery { id, ts, .. } = delivery else {
         unreachable!("delivery() builds a Delivery")
     };
@@ -259,13 +250,14 @@ where
 }
 
 /// `GET /rooms/{room}/presence`: the room's users on every instance.
-async fn presence(app: &App, room: &str) -> Response<ResponseBody> {
+async fn presence(node: &Node, room: &str) -> Response<ResponseBody> {
     if let Some(res) = bad_room(room) {
         return res;
     }
-    let (users, degraded) = app.broker.presence(room).await;
+    let presence = node.presence(room).await;
+    let users = presence.users;
     let mut body = json!({ "room": room, "users": users, "count": users.len() });
-    if degraded {
+    if presence.reach == Reach::ThisInstance {
         body["broker"] = json!("degraded: this instance's users only");
     }
     json_ok(body)
@@ -273,22 +265,20 @@ async fn presence(app: &App, room: &str) -> Response<ResponseBody> {
 
 /// 400 for a room name that breaks the naming rule.
 fn bad_room(room: &str) -> Option<Response<ResponseBody>> {
-    (!valid_room(room)).then(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            &format!("invalid room name: 1 to {MAX_ROOM_NAME} letters, digits or _ - . : @"),
-        )
-    })
+    (!valid_room(room)).then(|| error(StatusCode::BAD_REQUEST, &invalid_room()))
 }
 
 /// The JSON object of a request body, or the answer explaining what is
 /// wrong with the body.
-async fn object<B>(app: &App, req: Request<B>) -> Result<Map<String, Value>, Response<ResponseBody>>
+async fn object<B>(
+    node: &Node,
+    req: Request<B>,
+) -> Result<Map<String, Value>, Response<ResponseBody>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let body = read_body(req, app.config.max_message_size).await?;
+    let body = read_body(req, node.config().max_message_size).await?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(fields)) => Ok(fields),
         Ok(_) => Err(error(
@@ -304,12 +294,12 @@ where
 
 /// The non-empty `message` string of a `{"message": ...}` body, or the
 /// answer explaining what is wrong with the body.
-async fn message<B>(app: &App, req: Request<B>) -> Result<String, Response<ResponseBody>>
+async fn message<B>(node: &Node, req: Request<B>) -> Result<String, Response<ResponseBody>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let message = object(app, req).await?.remove("message");
+    let message = object(node, req).await?.remove("message");
     match message {
         Some(Value::String(text)) if !text.is_empty() => Ok(text),
         None | Some(Value::Null) | Some(Value::String(_)) => {
@@ -352,81 +342,61 @@ where
     }
 }
 
-fn health(app: &App) -> Response<ResponseBody> {
+fn health(node: &Node) -> Response<ResponseBody> {
     let timestamp = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    let health = node.health();
+    let broker = match health.broker {
+        BrokerHealth::Memory => json!({ "kind": "memory", "status": "ok" }),
+        BrokerHealth::Redis {
+            up,
+            instance,
+            outages,
+            last_error,
+            down_for,
+        } => json!({
+            "kind": "redis",
+            "status": if up { "ok" } else { "degraded" },
+            "instance": instance,
+            "outages": outages,
+            "last_error": last_error,
+            "down_for_s": down_for.map(|d| d.as_secs_f64()),
+        }),
+    };
     json_ok(json!({
         "status": "healthy",
-        "active_connections": app.hub.len(),
-        "shutdown_in_progress": app.shutdown.is_draining(),
+        "active_connections": health.connections,
+        "shutdown_in_progress": health.draining,
         "timestamp": timestamp,
-        "broker": app.broker.status(),
+        "broker": broker,
     }))
 }
 
-fn ready(app: &App) -> Response<ResponseBody> {
-    if app.shutdown.is_draining() {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "ready": false, "reason": "shutting down" }),
-        )
-    } else if !app.broker.is_up() {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "ready": false, "reason": "broker degraded: Redis unreachable" }),
-        )
-    } else {
-        json_ok(json!({ "ready": true }))
-    }
+fn ready(node: &Node) -> Response<ResponseBody> {
+    let reason = match node.readiness() {
+        Readiness::Ready => return json_ok(json!({ "ready": true })),
+        Readiness::Draining => "shutting down",
+        Readiness::BrokerDown => "broker degraded: Redis unreachable",
+    };
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({ "ready": false, "reason": reason }),
+    )
 }
 
-fn metrics(app: &App) -> Response<ResponseBody> {
-    let mut res = Response::new(Full::new(Bytes::from(app.metrics.render())));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    res
-}
-
-/// A JSON response with `status`.
-pub fn json(status: StatusCode, value: Value) -> Response<ResponseBody> {
-    let mut res = Response::new(Full::new(Bytes::from(value.to_string())));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
-}
-
-fn json_ok(value: Value) -> Response<ResponseBody> {
-    json(StatusCode::OK, value)
-}
-
-/// `{"error": message}` with `status`.
-pub fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
-    json(status, json!({ "error": message }))
-}
-
-/// 401 `{"error": message}` with `WWW-Authenticate: Bearer` (RFC 6750).
-pub fn unauthorized(message: &str) -> Response<ResponseBody> {
-    let mut res = error(StatusCode::UNAUTHORIZED, message);
-    res.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    res
-}
-
-/// The `Retry-After` value for refused upgrades.
-pub fn retry_after() -> HeaderValue {
-    HeaderValue::from_static(RETRY_AFTER_SECS)
+fn metrics(node: &Node) -> Response<ResponseBody> {
+    reply::body(
+        "text/plain; version=0.0.4; charset=utf-8",
+        Bytes::from(node.metrics().render()),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+    use http_body_util::Full;
 
-    async fn call(app: &Arc<App>, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+    async fn call(app: &Arc<Node>, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -465,7 +435,7 @@ mod tests {
 
     #[tokio::test]
     async fn broadcast_validates_its_body() {
-        let app = App::new(Config {
+        let app = Node::new(Config {
             max_message_size: 64,
             ..Config::default()
         })
@@ -494,7 +464,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_method_and_unknown_path() {
-        let app = App::new(Config::default()).unwrap();
+        let app = Node::new(Config::default()).unwrap();
         assert_eq!(
             call(&app, Method::GET, "/broadcast", "").await.0,
             StatusCode::METHOD_NOT_ALLOWED

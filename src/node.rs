@@ -1,0 +1,298 @@
+//! The node: one running server's core, and the one door request handlers
+//! and sessions go through. It owns the hub (who is connected here), the
+//! broker (how messages reach other instances), the delivery the broker
+//! hands inbound messages to, the metrics and the shutdown handles, and
+//! offers every operation a handler or session may ask for: connect, join,
+//! publish, notify, presence, counts, health. Nothing outside reaches the
+//! hub or the broker directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::auth::{Auth, AuthError};
+use crate::broker::redis::{RedisBroker, Settings};
+use crate::broker::{Broker, BrokerHealth, MemoryBroker, Notified, Reach, StartError};
+use crate::config::Config;
+use crate::delivery::{Delivery, Inbound};
+use crate::hub::{Audience, ConnId, Fanout, Hub, QueueBounds};
+use crate::metrics::Metrics;
+use crate::protocol::json::{ServerMessage, now_ms};
+use crate::protocol::{self, Dialect, text};
+use crate::shutdown::{Outcome, Shutdown, Timing};
+
+/// A session's ticket: it keeps the connection registered (and in its
+/// rooms) until dropped.
+pub use crate::hub::Registration;
+
+/// Why a node could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The authentication settings (key file, origins, …) are unusable.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The broker could not start (a bad Redis URL).
+    #[error(transparent)]
+    Broker(#[from] StartError),
+}
+
+/// The users present in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// Sorted, each once.
+    pub users: Vec<String>,
+    pub reach: Reach,
+}
+
+/// What `/health` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// WebSocket connections on this instance.
+    pub connections: usize,
+    pub draining: bool,
+    pub broker: BrokerHealth,
+}
+
+/// Whether a load balancer should send clients here (`/ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// The drain has started.
+    Draining,
+    /// Redis is unreachable: only local clients would be served.
+    BrokerDown,
+}
+
+/// One running server's core.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    /// Origin, token and API key checks, loaded once.
+    auth: Auth,
+    hub: Arc<Hub>,
+    broker: Broker,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    /// `🟢 Connected to server`, encoded once for every client.
+    connected_frame: Bytes,
+    /// The drain notice, encoded once per dialect for every client.
+    shutdown_text: Bytes,
+    shutdown_json: Bytes,
+}
+
+impl Node {
+    /// The node `config` describes: the authentication settings are checked
+    /// (key file read) first, then, in Redis mode, the broker's background
+    /// connection starts. Must run inside a runtime.
+    pub fn new(config: Config) -> Result<Arc<Self>, NodeError> {
+        let auth = Auth::from_config(&config)?;
+        let metrics = Arc::new(Metrics::new());
+        let bounds = QueueBounds {
+            frames: config.outbound_queue,
+            bytes: config.outbound_queue_bytes,
+        };
+        let hub = Hub::new(bounds, metrics.clone());
+        let (hub, broker) = match &config.redis_url {
+            None => {
+                let hub = Arc::new(hub);
+                let broker = Broker::Memory(MemoryBroker::new(Delivery::new(hub.clone())));
+                (hub, broker)
+            }
+            Some(url) => {
+                let (watcher, changes) = tokio::sync::mpsc::unbounded_channel();
+                let hub = Arc::new(hub.with_watcher(watcher));
+                let settings = Settings::from_config(&config, url);
+                let delivery = Delivery::new(hub.clone());
+                let broker =
+                    RedisBroker::start(settings, hub.clone(), changes, delivery, metrics.clone())?;
+                (hub, Broker::Redis(broker))
+            }
+        };
+        Ok(Arc::new(Node {
+            config,
+            auth,
+            hub,
+            broker,
+            metrics,
+            shutdown: Shutdown::new(),
+            connected_frame: protocol::text_frame(text::CONNECTED),
+            shutdown_text: protocol::text_frame(text::SHUTDOWN_NOTICE),
+            shutdown_json: ServerMessage::Shutdown {
+                message: text::SHUTDOWN_NOTICE.to_owned(),
+            }
+            .frame(),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Registers a plain-text connection of `user`; its first frame is the
+    /// greeting.
+    pub fn connect_text(&self, user: Arc<str>) -> Registration {
+        self.hub
+            .register(Dialect::Text, user, Some(self.connected_frame.clone()))
+    }
+
+    /// Registers a JSON connection of `user` in `room`; its first frame is
+    /// the room's `room.joined`.
+    pub async fn connect_json(&self, user: Arc<str>, room: &str) -> Registration {
+        let remote = self.broker.listed(room).await.unwrap_or_default();
+        self.hub.register_in_room(user, room, &remote)
+    }
+
+    /// Puts `reg` in `room` and queues `room.joined` with the members,
+    /// before any message of that room. Joining a room again only re-sends
+    /// the roster.
+    pub async fn join(&self, reg: &mut Registration, room: &str) {
+        let remote = self.broker.listed(room).await.unwrap_or_default();
+        reg.join(room, &remote);
+    }
+
+    /// The drain notice for a connection speaking `dialect`.
+    pub fn shutdown_notice(&self, dialect: Dialect) -> Bytes {
+        match dialect {
+            Dialect::Text => self.shutdown_text.clone(),
+            Dialect::Json => self.shutdown_json.clone(),
+        }
+    }
+
+    /// `New message: T` from plain-text connection `from` to every other
+    /// plain-text client of every instance.
+    pub fn relay(&self, text: &str, from: ConnId) -> Fanout {
+        self.broker.publish(Inbound::Broadcast {
+            text: &text::new_message(text),
+            except: Some(from),
+        })
+    }
+
+    /// `POST /broadcast`: `text` to every plain-text client of every
+    /// instance.
+    pub fn broadcast(&self, text: &str) -> Fanout {
+        self.broker
+            .publish(Inbound::Broadcast { text, except: None })
+    }
+
+    /// A `chat.delivery` of `text` by `user` to every member of `room` on
+    /// every instance, the sender included; returns the delivery sent and
+    /// how many local members it was queued for.
+    pub fn say(&self, room: &str, user: &str, text: &str) -> (ServerMessage, Fanout) {
+        let delivery = ServerMessage::delivery(room, user, text);
+        let fanout = self.broker.publish(Inbound::Room {
+            room,
+            text: &delivery.encode(),
+            except: None,
+        });
+        (delivery, fanout)
+    }
+
+    /// `text` to every connection of `user` on every instance.
+    pub async fn notify(&self, user: &str, text: &str) -> Notified {
+        self.broker.notify(user, text).await
+    }
+
+    /// The users present in `room` on every instance (this one's only while
+    /// Redis is unreachable).
+    pub async fn presence(&self, room: &str) -> Presence {
+        let mut users = self.hub.room_users(room);
+        let listed = self.broker.listed(room).await;
+        let reach = match listed {
+            Some(_) => Reach::Everywhere,
+            None => Reach::ThisInstance,
+        };
+        users.extend(listed.unwrap_or_default());
+        users.sort();
+        users.dedup();
+        Presence { users, reach }
+    }
+
+    /// WebSocket connections on every instance.
+    pub async fn connections(&self) -> (usize, Reach) {
+        self.broker.connections(self.hub.len()).await
+    }
+
+    pub fn health(&self) -> Health {
+        Health {
+            connections: self.hub.len(),
+            draining: self.shutdown.is_draining(),
+            broker: self.broker.health(),
+        }
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        if self.shutdown.is_draining() {
+            Readiness::Draining
+        } else if !self.broker.is_up() {
+            Readiness::BrokerDown
+        } else {
+            Readiness::Ready
+        }
+    }
+
+    /// One heartbeat: a ping frame to every client, and `system.ping` to
+    /// JSON clients (seed 003), each encoded once.
+    pub fn heartbeat(&self) {
+        self.hub
+            .send_to_audience(Audience::All, &protocol::ping_frame(), None);
+        let system_ping = ServerMessage::Ping { ts: now_ms() }.frame();
+        self.hub
+            .send_to_audience(Audience::Only(Dialect::Json), &system_ping, None);
+    }
+
+    /// The seeds' periodic notification `frame` to this instance's
+    /// plain-text clients.
+    pub fn periodic(&self, frame: &Bytes) {
+        self.hub
+            .send_to_audience(Audience::Only(Dialect::Text), frame, None);
+    }
+
+    /// Closes every connection silent for `idle` with 4000; returns how many.
+    pub fn sweep_idle(&self, idle: Duration) -> usize {
+        self.hub.sweep_idle(idle)
+    }
+
+    /// Milliseconds on the clock of the idle sweep, for
+    /// [`Outbox::touch`](crate::outbox::Outbox::touch).
+    pub fn now_ms(&self) -> u64 {
+        self.hub.now_ms()
+    }
+
+    /// Connections on this instance.
+    pub fn local_connections(&self) -> usize {
+        self.hub.len()
+    }
+
+    /// Drains the node (see [`Shutdown::drain`]).
+    pub async fn drain<S>(&self, signals: S) -> Outcome
+    where
+        S: Stream<Item = ()> + Unpin,
+    {
+        let timing = Timing {
+            timeout: self.config.shutdown_timeout,
+            log_interval: self.config.shutdown_log_interval,
+        };
+        self.shutdown
+            .drain(|| self.hub.len(), &self.metrics, timing, signals)
+            .await
+    }
+
+    /// Stops the broker and withdraws this instance from the cluster count.
+    pub async fn close(&self) {
+        self.broker.close().await;
+    }
+}
