@@ -192,3 +192,42 @@ async fn every_period(period: Duration, until: impl Future<Output = ()>, mut tic
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_signal_drains_and_everything_the_server_started_stops() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Config {
+            heartbeat_interval: Duration::from_millis(10),
+            idle_timeout: Duration::from_millis(40),
+            notification_interval: Duration::from_millis(10),
+            ..Config::default()
+        };
+        let signals = futures_util::stream::iter([()]);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), run(listener, config, signals))
+            .await
+            .expect("the server did not stop")
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Drained(_)), "{outcome:?}");
+        // The accept loop is gone with it.
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_bad_configuration_is_an_error_not_a_panic() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = Config {
+            jwt_secret: Some(String::new()),
+            ..Config::default()
+        };
+        let result = run(listener, config, futures_util::stream::pending()).await;
+        assert!(matches!(
+            result,
+            Err(ServerError::Setup(NodeError::Auth(_)))
+        ));
+    }
+}

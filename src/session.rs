@@ -469,3 +469,176 @@ where
     reader.set_max_message_size(max_message_size.saturating_add(1));
     Some(reader)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session alone, over an in-memory pipe, with tokio's clock paused:
+    //! no sockets, no sleeps, and timers (the error budget's refill, the
+    //! drain's deadline) driven by advancing time.
+
+    use std::time::Duration;
+
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// The client's end of the pipe.
+    struct Client {
+        read: ReadHalf<DuplexStream>,
+        write: WriteHalf<DuplexStream>,
+    }
+
+    impl Client {
+        /// Sends one masked text frame.
+        async fn send(&mut self, text: &str) {
+            let mask = [1u8, 2, 3, 4];
+            let payload = text.as_bytes();
+            assert!(payload.len() < 126, "the test client sends short frames");
+            let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            self.write.write_all(&frame).await.unwrap();
+        }
+
+        /// Reads one server frame: (opcode, payload).
+        async fn frame(&mut self) -> (u8, Vec<u8>) {
+            let mut head = [0u8; 2];
+            self.read.read_exact(&mut head).await.unwrap();
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut n = [0u8; 2];
+                    self.read.read_exact(&mut n).await.unwrap();
+                    u16::from_be_bytes(n) as usize
+                }
+                127 => {
+                    let mut n = [0u8; 8];
+                    self.read.read_exact(&mut n).await.unwrap();
+                    u64::from_be_bytes(n) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            self.read.read_exact(&mut payload).await.unwrap();
+            (head[0] & 0x0f, payload)
+        }
+
+        /// The next text frame's text.
+        async fn text(&mut self) -> String {
+            let (opcode, payload) = self.frame().await;
+            assert_eq!(opcode, 0x1, "expected a text frame");
+            String::from_utf8(payload).unwrap()
+        }
+
+        /// Reads until the close frame; returns its code.
+        async fn close_code(&mut self) -> u16 {
+            loop {
+                let (opcode, payload) = self.frame().await;
+                if opcode == 0x8 {
+                    return u16::from_be_bytes([payload[0], payload[1]]);
+                }
+            }
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            notification_interval: Duration::ZERO,
+            heartbeat_interval: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
+            ..Config::default()
+        }
+    }
+
+    /// A node and one tracked session of `user` on it, as the upgrade
+    /// starts it.
+    fn start(config: Config, opening: Opening) -> (Arc<Node>, Client) {
+        let node = Node::new(config).unwrap();
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (server_read, server_write) = tokio::io::split(server);
+        let (read, write) = tokio::io::split(client);
+        let session = run(
+            node.clone(),
+            server_read,
+            server_write,
+            "u1".into(),
+            opening,
+        );
+        node.shutdown().spawn_session(session);
+        (node, Client { read, write })
+    }
+
+    /// Starts the drain as a SIGTERM would; the handle gives its outcome.
+    fn drain(node: &Arc<Node>) -> JoinHandle<crate::shutdown::Outcome> {
+        let node = node.clone();
+        tokio::spawn(async move { node.drain(futures_util::stream::pending()).await })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn greets_echoes_and_answers_the_close() {
+        let (_node, mut client) = start(config(), Opening::Text);
+        assert_eq!(client.text().await, text::CONNECTED);
+        client.send("hello").await;
+        assert_eq!(client.text().await, "You said: hello");
+        // A close frame with 1000 is echoed.
+        client
+            .write
+            .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
+            .await
+            .unwrap();
+        assert_eq!(client.close_code().await, 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_error_budget_refills_with_time_and_then_runs_out() {
+        let opening = Opening::Json { room: "r".into() };
+        let (_node, mut client) = start(config(), opening);
+        assert!(client.text().await.contains(r#""type":"room.joined""#));
+        for _ in 0..ERROR_BURST as usize {
+            client.send("not json").await;
+            assert!(client.text().await.contains(r#""code":"invalid_json""#));
+        }
+        // A second later one more error is allowed ...
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        client.send("not json").await;
+        assert!(client.text().await.contains(r#""code":"invalid_json""#));
+        // ... and the next one, with the budget empty, is answered and closes.
+        client.send("not json").await;
+        assert!(client.text().await.contains(r#""code":"invalid_json""#));
+        assert_eq!(client.close_code().await, Close::Abuse.code());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_notice_then_the_forced_close_at_the_deadline() {
+        let config = Config {
+            shutdown_timeout: Duration::from_secs(30),
+            ..config()
+        };
+        let (node, mut client) = start(config, Opening::Text);
+        assert_eq!(client.text().await, text::CONNECTED);
+        let started = tokio::time::Instant::now();
+        let outcome = drain(&node);
+        assert_eq!(client.text().await, text::SHUTDOWN_NOTICE);
+        // The client stays; at the deadline it is closed with 1001.
+        assert_eq!(client.close_code().await, Close::GoingAway.code());
+        assert!(started.elapsed() >= Duration::from_secs(30));
+        match outcome.await.unwrap() {
+            crate::shutdown::Outcome::Forced { remaining, .. } => assert_eq!(remaining, 1),
+            other => panic!("expected a forced close, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_leaves_during_the_drain_ends_it() {
+        let (node, mut client) = start(config(), Opening::Json { room: "r".into() });
+        client.text().await; // room.joined
+        let outcome = drain(&node);
+        assert!(client.text().await.contains(r#""type":"system.shutdown""#));
+        drop(client);
+        assert!(matches!(
+            outcome.await.unwrap(),
+            crate::shutdown::Outcome::Drained(_)
+        ));
+    }
+}

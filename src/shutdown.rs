@@ -173,3 +173,57 @@ impl Shutdown {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(secs: u64) -> Timing {
+        Timing {
+            timeout: Duration::from_secs(secs),
+            log_interval: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_session_the_drain_ends_at_once() {
+        let shutdown = Shutdown::new();
+        let outcome = shutdown
+            .drain(
+                || 0,
+                &Metrics::new(),
+                timing(60),
+                futures_util::stream::pending(),
+            )
+            .await;
+        assert_eq!(outcome, Outcome::Drained(Duration::ZERO));
+        assert!(shutdown.is_draining());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_that_stays_is_forced_at_the_deadline_or_by_a_second_signal() {
+        for (second_signal, after) in [(false, 60), (true, 0)] {
+            let shutdown = Shutdown::new();
+            let forced = shutdown.clone();
+            // A session that ends only when forced.
+            shutdown.spawn_session(async move { forced.forced().await });
+            let signals: std::pin::Pin<Box<dyn Stream<Item = ()>>> = if second_signal {
+                Box::pin(futures_util::stream::iter([()]))
+            } else {
+                Box::pin(futures_util::stream::pending())
+            };
+            let started = Instant::now();
+            let outcome = shutdown
+                .drain(|| 1, &Metrics::new(), timing(60), signals)
+                .await;
+            assert_eq!(
+                outcome,
+                Outcome::Forced {
+                    remaining: 1,
+                    after: Duration::from_secs(after)
+                }
+            );
+            assert_eq!(started.elapsed(), Duration::from_secs(after));
+        }
+    }
+}

@@ -148,3 +148,57 @@ fn refused_handshake(err: fastwebsockets::WebSocketError) -> Response<ResponseBo
     }
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Empty;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn request(path: &str, upgrade: bool) -> Request<Empty<Bytes>> {
+        let mut req = Request::get(path);
+        if upgrade {
+            req = req
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::UPGRADE, "websocket")
+                .header(header::SEC_WEBSOCKET_VERSION, "13")
+                .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==");
+        }
+        req.body(Empty::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_check_answers_before_anything_is_upgraded() {
+        let node = Node::new(Config::default()).unwrap();
+        let status = |req, target| websocket(&node, req, target).status();
+        assert_eq!(
+            status(request("/ws", false), Target::Text(None)),
+            StatusCode::UPGRADE_REQUIRED
+        );
+        let long = "u".repeat(crate::limits::MAX_USER_ID + 1);
+        assert_eq!(
+            status(request("/ws/x", true), Target::Text(Some(long))),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(request("/ws/rooms/a%20b", true), Target::Json("a b".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(request("/ws/rooms/r", true), Target::Json("r".into())),
+            StatusCode::SWITCHING_PROTOCOLS
+        );
+        // Draining comes first, whatever else is wrong.
+        let _drain = tokio::spawn({
+            let node = node.clone();
+            async move { node.drain(futures_util::stream::pending()).await }
+        });
+        while !node.shutdown().is_draining() {
+            tokio::task::yield_now().await;
+        }
+        let res = websocket(&node, request("/ws", false), Target::Text(None));
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "5");
+    }
+}

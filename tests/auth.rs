@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -26,24 +25,10 @@ const RSA_PRIVATE: &[u8] = include_bytes!("../fixtures/rsa_private.pem");
 const RSA_PUBLIC: &[u8] = include_bytes!("../fixtures/rsa_public.pem");
 const EC_PRIVATE: &[u8] = include_bytes!("../fixtures/ec_private.pem");
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-/// No periodic notifications, so clients see only what the test sends.
-fn quiet() -> Config {
-    Config {
-        notification_interval: Duration::ZERO,
-        ..Config::default()
-    }
-}
-
 fn hs256() -> Config {
     Config {
         jwt_secret: Some(SECRET.to_owned()),
-        ..quiet()
+        ..quiet_config()
     }
 }
 
@@ -51,7 +36,7 @@ fn with_key_file(alg: &str, file: &str) -> Config {
     Config {
         jwt_alg: alg.to_owned(),
         jwt_public_key_file: Some(fixture(file)),
-        ..quiet()
+        ..quiet_config()
     }
 }
 
@@ -443,7 +428,7 @@ fn with_origins(config: Config) -> Config {
 
 #[tokio::test]
 async fn allowed_origins_pass_after_normalization_and_others_get_403() {
-    let server = TestServer::start(with_origins(quiet())).await;
+    let server = TestServer::start(with_origins(quiet_config())).await;
     for origin in [
         "https://app.example.com",
         "http://example.com",
@@ -469,7 +454,7 @@ async fn allowed_origins_pass_after_normalization_and_others_get_403() {
 
 #[tokio::test]
 async fn a_request_without_origin_is_allowed() {
-    let server = TestServer::start(with_origins(quiet())).await;
+    let server = TestServer::start(with_origins(quiet_config())).await;
     let (mut ws, _) = open(upgrade_request(&server, "/ws/cli", &[])).await;
     assert_is_user(&server, &mut ws, "cli").await;
 }
@@ -511,7 +496,7 @@ const API_KEY: &str = "test-only-api-key";
 async fn the_api_key_guards_broadcast_and_notify() {
     let server = TestServer::start(Config {
         api_key: Some(API_KEY.to_owned()),
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let mut ws = connect(server.addr, "/ws/u1").await;
@@ -547,7 +532,7 @@ async fn the_api_key_guards_broadcast_and_notify() {
 async fn the_api_key_leaves_reads_and_websockets_alone() {
     let server = TestServer::start(Config {
         api_key: Some(API_KEY.to_owned()),
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let mut a = connect(server.addr, "/ws/a").await;
@@ -565,7 +550,7 @@ async fn the_api_key_leaves_reads_and_websockets_alone() {
 
 #[tokio::test]
 async fn open_mode_needs_no_token_and_ignores_one() {
-    let server = TestServer::start(quiet()).await;
+    let server = TestServer::start(quiet_config()).await;
     let (mut ws, _) = open(upgrade_request(&server, "/ws/olaf", &[])).await;
     assert_is_user(&server, &mut ws, "olaf").await;
     // Nothing to check a token against: the path decides, garbage is ignored.
@@ -690,7 +675,7 @@ async fn the_fixture_tokens_work_as_documented() {
     };
     let hs = TestServer::start(Config {
         jwt_secret: Some("wsnotify-fixture-secret-0123456789abcdef".to_owned()),
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let path = format!("/ws?token={}", token("hs256-u1.jwt"));

@@ -1417,21 +1417,6 @@ proptest! {
     }
 }
 
-fn show(frame: Option<&(u8, Vec<u8>)>) -> String {
-    match frame {
-        None => "the end of the connection".into(),
-        Some((op::CLOSE, payload)) if payload.len() >= 2 => format!(
-            "close {} {:?}",
-            u16::from_be_bytes([payload[0], payload[1]]),
-            String::from_utf8_lossy(&payload[2..])
-        ),
-        Some((opcode, payload)) => match std::str::from_utf8(payload) {
-            Ok(text) => format!("opcode {opcode:#x} {text:?}"),
-            Err(_) => format!("opcode {opcode:#x} {payload:?}"),
-        },
-    }
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1877,19 +1862,6 @@ async fn ended(fz: &mut RawWs, model: &mut Model) -> Result<(), TestCaseError> {
 }
 
 /// The fuzzer's next frame is exactly `(opcode, payload)`.
-async fn expect_frame(fz: &mut RawWs, opcode: u8, payload: &[u8]) -> Result<(), TestCaseError> {
-    let got = fz.read_frame().await;
-    let want = Some((opcode, payload.to_vec()));
-    if got != want {
-        return Err(TestCaseError::fail(format!(
-            "fuzzer expected {}, got {}",
-            show(want.as_ref()),
-            show(got.as_ref())
-        )));
-    }
-    Ok(())
-}
-
 /// The fuzzer's next frame is a JSON-protocol text message.
 async fn fuzzer_message(fz: &mut RawWs) -> Result<ServerMessage, TestCaseError> {
     let got = fz.read_frame().await;

@@ -832,34 +832,6 @@ async fn perform(
 }
 
 /// The fuzzer's next frame is exactly `(opcode, payload)`.
-async fn expect_frame(fuzzer: &mut RawWs, opcode: u8, payload: &[u8]) -> Result<(), TestCaseError> {
-    let got = fuzzer.read_frame().await;
-    let want = Some((opcode, payload.to_vec()));
-    if got != want {
-        return Err(TestCaseError::fail(format!(
-            "fuzzer expected {}, got {}",
-            show(want.as_ref()),
-            show(got.as_ref())
-        )));
-    }
-    Ok(())
-}
-
-fn show(frame: Option<&(u8, Vec<u8>)>) -> String {
-    match frame {
-        None => "the end of the connection".into(),
-        Some((op::CLOSE, payload)) if payload.len() >= 2 => format!(
-            "close {} {:?}",
-            u16::from_be_bytes([payload[0], payload[1]]),
-            String::from_utf8_lossy(&payload[2..])
-        ),
-        Some((opcode, payload)) => match std::str::from_utf8(payload) {
-            Ok(text) => format!("opcode {opcode:#x} {text:?}"),
-            Err(_) => format!("opcode {opcode:#x} {payload:?}"),
-        },
-    }
-}
-
 /// `text` was accepted: the fuzzer is echoed and the bystander told.
 async fn said(fuzzer: &mut RawWs, bystander: &mut Ws, text: &str) -> Result<(), TestCaseError> {
     expect_frame(fuzzer, op::TEXT, format!("You said: {text}").as_bytes()).await?;

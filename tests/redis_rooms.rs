@@ -79,12 +79,6 @@ async fn wait_for_holders(redis: &Redis, room: &str, user: &str, n: usize) {
 }
 
 /// `GET /rooms/{room}/presence`, which must answer 200.
-async fn presence(addr: SocketAddr, room: &str) -> Value {
-    let reply = http(addr, Method::GET, &format!("/rooms/{room}/presence"), "").await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.json()
-}
-
 /// The presence answer of a healthy instance listing `users`.
 fn listing(room: &str, users: &[&str]) -> Value {
     json!({ "room": room, "users": users, "count": users.len() })
@@ -103,13 +97,6 @@ async fn wait_for_presence(addr: SocketAddr, room: &str, users: &[&str]) {
             "presence of {room} stayed {now}, wanted {users:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn chat(room: &str, text: &str) -> ClientMessage {
-    ClientMessage::ChatMessage {
-        room: room.into(),
-        text: text.into(),
     }
 }
 

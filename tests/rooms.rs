@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -26,29 +26,6 @@ use wsnotify::protocol::json::{ClientMessage, ErrorCode, ServerMessage, now_ms};
 use wsnotify::protocol::text::SHUTDOWN_NOTICE;
 
 // ---------------------------------------------------------------- helpers
-
-/// No periodic notifications, so clients see only what the test sends.
-fn quiet() -> Config {
-    Config {
-        notification_interval: Duration::ZERO,
-        ..Config::default()
-    }
-}
-
-fn chat(room: &str, text: &str) -> ClientMessage {
-    ClientMessage::ChatMessage {
-        room: room.into(),
-        text: text.into(),
-    }
-}
-
-fn join(room: &str) -> ClientMessage {
-    ClientMessage::RoomJoin { room: room.into() }
-}
-
-fn leave(room: &str) -> ClientMessage {
-    ClientMessage::RoomLeave { room: room.into() }
-}
 
 /// Reads `room.joined` for `room` with exactly `users`.
 async fn expect_joined(ws: &mut Ws, room: &str, users: &[&str]) {
@@ -138,14 +115,6 @@ async fn still_works(ws: &mut Ws, room: &str, user: &str) {
 async fn hang_up(mut ws: Ws) {
     ws.close(None).await.unwrap();
     while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, ws.next()).await {}
-}
-
-/// `GET /rooms/{room}/presence`, expected 200.
-async fn presence(addr: std::net::SocketAddr, room: &str) -> Value {
-    let reply = http(addr, Method::GET, &format!("/rooms/{room}/presence"), "").await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    assert_eq!(reply.headers["content-type"], "application/json");
-    reply.json()
 }
 
 /// `POST /rooms/{room}/publish` with `body`.
@@ -378,7 +347,7 @@ async fn wrongly_typed_or_empty_fields_are_invalid_field() {
 async fn text_too_long_counts_characters_not_bytes() {
     let server = TestServer::start(Config {
         max_text_length: 10,
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let (mut ws, _) = join_room(server.addr, "test", "u1").await;
@@ -544,7 +513,7 @@ async fn the_heartbeat_sends_room_clients_system_ping_and_a_ping_frame() {
     let server = TestServer::start(Config {
         heartbeat_interval: Duration::from_millis(200),
         idle_timeout: Duration::ZERO,
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let (mut room, _) = join_room(server.addr, "test", "u1").await;
@@ -588,7 +557,7 @@ async fn a_silent_room_client_is_closed_with_4000() {
     let server = TestServer::start(Config {
         heartbeat_interval: Duration::ZERO,
         idle_timeout: Duration::from_millis(400),
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let (mut ws, _) = join_room(server.addr, "test", "u1").await;
@@ -607,7 +576,7 @@ async fn a_room_client_sending_system_pong_stays_past_the_idle_timeout() {
     let server = TestServer::start(Config {
         heartbeat_interval: Duration::ZERO,
         idle_timeout: Duration::from_millis(400),
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let (mut ws, _) = join_room(server.addr, "test", "u1").await;
@@ -761,7 +730,7 @@ async fn post_publish_refuses_bad_requests() {
     let server = TestServer::start(Config {
         max_text_length: 10,
         max_message_size: 1024,
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let (mut u1, _) = join_room(server.addr, "test", "u1").await;
@@ -868,7 +837,7 @@ const API_KEY: &str = "test-only-api-key";
 async fn the_api_key_guards_publish_but_not_presence() {
     let server = TestServer::start(Config {
         api_key: Some(API_KEY.to_owned()),
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let (mut u1, _) = join_room(server.addr, "test", "u1").await;
@@ -960,7 +929,7 @@ fn token(sub: &str) -> String {
 async fn with_tokens_the_room_user_is_the_token_sub() {
     let server = TestServer::start(Config {
         jwt_secret: Some(SECRET.to_owned()),
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     let alice = token("alice");
@@ -1152,7 +1121,7 @@ async fn a_binary_frame_on_a_room_connection_is_closed_with_1003() {
 async fn bad_utf8_and_oversized_messages_on_a_room_connection_are_closed() {
     let server = TestServer::start(Config {
         max_message_size: 1024,
-        ..quiet()
+        ..quiet_config()
     })
     .await;
     for (payload, code) in [(vec![b'"', 0xff, b'"'], 1007), (vec![b'x'; 1025], 1009)] {
@@ -1203,9 +1172,7 @@ async fn a_fragmented_chat_message_is_reassembled_and_ping_frames_answered() {
 // ---------------------------------------------------------------- fixtures
 
 fn fixture_dir(side: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/messages")
-        .join(side)
+    fixture("messages").join(side)
 }
 
 /// Every `*.json` of `fixtures/messages/{side}`, by name, sorted.

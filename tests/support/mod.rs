@@ -539,3 +539,79 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         .expect("tokio runtime")
         .block_on(future)
 }
+
+/// A configuration with the periodic notifier off, so clients see only
+/// what the test sends.
+pub fn quiet_config() -> Config {
+    Config {
+        notification_interval: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
+/// A file of `fixtures/`.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// `chat.message` of `text` in `room`.
+pub fn chat(room: &str, text: &str) -> wsnotify::protocol::json::ClientMessage {
+    wsnotify::protocol::json::ClientMessage::ChatMessage {
+        room: room.into(),
+        text: text.into(),
+    }
+}
+
+/// `room.join` of `room`.
+pub fn join(room: &str) -> wsnotify::protocol::json::ClientMessage {
+    wsnotify::protocol::json::ClientMessage::RoomJoin { room: room.into() }
+}
+
+/// `room.leave` of `room`.
+pub fn leave(room: &str) -> wsnotify::protocol::json::ClientMessage {
+    wsnotify::protocol::json::ClientMessage::RoomLeave { room: room.into() }
+}
+
+/// `GET /rooms/{room}/presence`, expected 200 with a JSON body.
+pub async fn presence(addr: SocketAddr, room: &str) -> serde_json::Value {
+    let reply = http(addr, Method::GET, &format!("/rooms/{room}/presence"), "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    reply.json()
+}
+
+/// A frame a raw client read, for failure messages.
+pub fn show(frame: Option<&(u8, Vec<u8>)>) -> String {
+    match frame {
+        None => "the end of the connection".into(),
+        Some((op::CLOSE, payload)) if payload.len() >= 2 => format!(
+            "close {} {:?}",
+            u16::from_be_bytes([payload[0], payload[1]]),
+            String::from_utf8_lossy(&payload[2..])
+        ),
+        Some((opcode, payload)) => match std::str::from_utf8(payload) {
+            Ok(text) => format!("opcode {opcode:#x} {text:?}"),
+            Err(_) => format!("opcode {opcode:#x} {payload:?}"),
+        },
+    }
+}
+
+/// The raw client's next frame is exactly `opcode` with `payload`.
+pub async fn expect_frame(
+    raw: &mut RawWs,
+    opcode: u8,
+    payload: &[u8],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let got = raw.read_frame().await;
+    let want = Some((opcode, payload.to_vec()));
+    if got != want {
+        return Err(proptest::test_runner::TestCaseError::fail(format!(
+            "fuzzer expected {}, got {}",
+            show(want.as_ref()),
+            show(got.as_ref())
+        )));
+    }
+    Ok(())
+}

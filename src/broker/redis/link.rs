@@ -18,7 +18,6 @@ use tokio::time::timeout;
 
 use super::RedisBroker;
 use super::channels::{self, BROADCAST_CHANNEL, count_key};
-use super::presence::Batch;
 use crate::hub::Change;
 use crate::stream::Stream;
 
@@ -219,7 +218,7 @@ impl RedisBroker {
                             Err(_) => break,
                         }
                     }
-                    self.follow(&mut subscriptions, &mut conn, Batch::of(batch)).await
+                    self.follow(&mut subscriptions, &mut conn, batch).await
                 }
                 _ = check.tick() => self.check(&mut subscriptions, &mut conn).await,
                 _ = presence.tick() => {
@@ -252,7 +251,7 @@ impl RedisBroker {
             last.push(change);
         }
         let withdrawn = async {
-            self.follow(subscriptions, conn, Batch::of(last)).await?;
+            self.follow(subscriptions, conn, last).await?;
             self.withdraw_all(conn).await
         };
         if let Err(err) = withdrawn.await {

@@ -290,13 +290,13 @@ fn paired(flat: Vec<String>) -> Pairs {
 /// pair's final state: a user who arrived and left within the batch was
 /// never announced, so nothing is sent for them.
 #[derive(Debug, Default)]
-pub struct Batch {
-    pub streams: HashMap<Stream, bool>,
-    pub pairs: HashMap<(Arc<str>, Arc<str>), bool>,
+struct Batch {
+    streams: HashMap<Stream, bool>,
+    pairs: HashMap<(Arc<str>, Arc<str>), bool>,
 }
 
 impl Batch {
-    pub fn of(changes: Vec<Change>) -> Self {
+    fn of(changes: Vec<Change>) -> Self {
         let mut batch = Batch::default();
         for change in changes {
             match change {
@@ -333,8 +333,9 @@ impl RedisBroker {
         &self,
         subscriptions: &mut Subscriptions,
         conn: &mut MultiplexedConnection,
-        mut batch: Batch,
+        changes: Vec<Change>,
     ) -> Result<(), LinkError> {
+        let mut batch = Batch::of(changes);
         subscriptions
             .apply(std::mem::take(&mut batch.streams), self.settings.timeout)
             .await?;
