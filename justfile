@@ -32,7 +32,8 @@ bench *ARGS:
 # Fan-out benchmark: wsnotify against the axum baseline, server and generator
 # on separate cores (see docs/BENCHMARKS.md). Extra flags go to `fanout`.
 bench-fanout *ARGS:
-    cargo build --release -p wsnotify --bin wsnotify -p wsnotify-bench
+    cargo build --release -p wsnotify --bin wsnotify
+    cargo build --release -p wsnotify-bench
     ./target/release/fanout --steady-rate 50 {{ARGS}}
 
 # goose load scenarios against a running server.

@@ -14,7 +14,7 @@ use futures_util::Stream;
 
 use crate::auth::{Auth, AuthError};
 use crate::broker::redis::{RedisBroker, Settings};
-use crate::broker::{Broker, BrokerHealth, MemoryBroker, Notified, Reach, StartError};
+use crate::broker::{Broker, MemoryBroker, StartError};
 use crate::config::Config;
 use crate::delivery::{Delivery, Inbound};
 use crate::hub::{Audience, ConnId, Fanout, Hub, QueueBounds};
@@ -23,6 +23,8 @@ use crate::protocol::json::{ServerMessage, now_ms};
 use crate::protocol::{self, Dialect, text};
 use crate::shutdown::{Outcome, Shutdown, Timing};
 
+/// What the node's operations answer with, for handlers to render.
+pub use crate::broker::{BrokerHealth, Notified, Reach};
 /// A session's ticket: it keeps the connection registered (and in its
 /// rooms) until dropped.
 pub use crate::hub::Registration;

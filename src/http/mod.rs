@@ -17,9 +17,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use self::reply::{ResponseBody, error, json, json_ok, unauthorized};
-use crate::broker::{BrokerHealth, Reach};
 use crate::limits::{MAX_USER_ID, invalid_room, user_id_fits, user_id_too_long, valid_room};
-use crate::node::{Node, Readiness};
+use crate::node::{BrokerHealth, Node, Reach, Readiness};
 use crate::protocol::json::ServerMessage;
 use crate::upgrade::{self, Target};
 
