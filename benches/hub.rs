@@ -6,10 +6,10 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wsnotify::hub::{Audience, Hub, QueueBounds, Registration};
 use wsnotify::metrics::Metrics;
+use wsnotify::outbox::Item;
 use wsnotify::protocol::{Dialect, text_frame};
 
 /// A hub with the server's default queue bounds.
@@ -37,7 +37,7 @@ fn fanout(c: &mut Criterion) {
             let hub = hub();
             let regs = connect(&hub, Dialect::Text, subscribers);
             let frame = text_frame(&"x".repeat(payload));
-            let mut sink: VecDeque<Bytes> = VecDeque::with_capacity(4);
+            let mut sink: VecDeque<Item> = VecDeque::with_capacity(4);
             group.throughput(Throughput::Elements(subscribers as u64));
             let id = BenchmarkId::new(
                 format!("payload_{payload}B"),
@@ -64,7 +64,7 @@ fn fanout(c: &mut Criterion) {
 fn rooms(c: &mut Criterion) {
     let mut group = c.benchmark_group("room_fanout");
     let frame = text_frame(&"x".repeat(64));
-    let mut sink: VecDeque<Bytes> = VecDeque::with_capacity(4);
+    let mut sink: VecDeque<Item> = VecDeque::with_capacity(4);
     group.throughput(Throughput::Elements(1_000));
 
     let alone = hub();
@@ -97,9 +97,10 @@ fn rooms(c: &mut Criterion) {
         sink.clear();
     }
     let members: Vec<_> = regs.iter().step_by(10).collect();
+    let item = Item::Frame(frame.clone());
     group.bench_function("room_1000_of_10000", |b| {
         b.iter(|| {
-            let fanout = crowded.send_to_room("busy", black_box(&frame), None);
+            let fanout = crowded.send_to_room("busy", black_box(&item), None);
             for reg in &members {
                 reg.outbox().drain_into(&mut sink);
                 sink.clear();

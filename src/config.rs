@@ -41,6 +41,23 @@ pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(60);
 /// Default longest `text` of a `chat.message`, in characters.
 pub const DEFAULT_MAX_TEXT_LENGTH: usize = 4096;
 
+/// Default messages kept per stream; 0 turns history off.
+pub const DEFAULT_HISTORY_SIZE: usize = 100;
+/// Default longest a message is kept: 5 minutes.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
+/// Default cap of all history together (memory mode): 64 MiB.
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Default life of a stream's epoch and offset after its last use: 1 day.
+pub const DEFAULT_HISTORY_META_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default window over which drained JSON clients are told to reconnect.
+pub const DEFAULT_DRAIN_RECONNECT_SPREAD: Duration = Duration::from_secs(10);
+/// Default idle time after which another instance claims a pending inbox
+/// entry (Redis mode).
+pub const DEFAULT_INBOX_CLAIM_AFTER: Duration = Duration::from_secs(10);
+
+/// Largest accepted `HISTORY_SIZE`.
+const HISTORY_SIZE_CAP: usize = 100_000;
+
 /// Largest accepted `MAX_MESSAGE_SIZE`: 16 MiB. Beyond that one client could
 /// make the server hold too much memory for a single frame.
 const MAX_MESSAGE_SIZE_CAP: usize = 16 * 1024 * 1024;
@@ -187,6 +204,43 @@ pub struct Config {
     /// longer ones get `system.error` `text_too_long`. Default: 4096.
     #[arg(long, env = "MAX_TEXT_LENGTH", default_value_t = DEFAULT_MAX_TEXT_LENGTH, value_parser = message_size)]
     pub max_text_length: usize,
+
+    /// Messages kept per stream (a user's notifications, a room, the
+    /// broadcasts) so that clients coming back get what they missed
+    /// (0 ..= 100000); 0 turns history off: no positions, live only.
+    /// Default: 100.
+    #[arg(long, env = "HISTORY_SIZE", default_value_t = DEFAULT_HISTORY_SIZE, value_parser = history_size)]
+    pub history_size: usize,
+
+    /// Seconds a message is kept at most; older ones count as gone. Must be
+    /// > 0. Default: 300.
+    #[arg(long, env = "HISTORY_TTL", default_value = "300", value_parser = positive_secs)]
+    pub history_ttl: Duration,
+
+    /// Bytes all history may take together (memory mode); past it the
+    /// streams used longest ago lose their oldest messages first
+    /// (1024 ..= 1099511627776). Default: 67108864 (64 MiB).
+    #[arg(long, env = "HISTORY_MAX_BYTES", default_value_t = DEFAULT_HISTORY_MAX_BYTES, value_parser = history_bytes)]
+    pub history_max_bytes: usize,
+
+    /// Seconds a stream's epoch and offset are kept after its last use, so
+    /// that a quiet client at the head still resumes; after that the stream
+    /// starts over with a new epoch. Must be > 0. Default: 86400 (1 day).
+    #[arg(long, env = "HISTORY_META_TTL", default_value = "86400", value_parser = positive_secs)]
+    pub history_meta_ttl: Duration,
+
+    /// Seconds over which drained JSON clients are told to reconnect: each
+    /// gets its own delay in [0, this] with the shutdown notice, so clients
+    /// leaving one instance do not arrive at the others at once; 0: at once.
+    /// Default: 10.
+    #[arg(long, env = "DRAIN_RECONNECT_SPREAD", default_value = "10", value_parser = non_negative_secs)]
+    pub drain_reconnect_spread: Duration,
+
+    /// Seconds an inbox entry may stay unacknowledged by the instance that
+    /// read it before another instance claims it (Redis mode). Must be > 0.
+    /// Default: 10.
+    #[arg(long, env = "INBOX_CLAIM_AFTER", default_value = "10", value_parser = positive_secs)]
+    pub inbox_claim_after: Duration,
 }
 
 impl Default for Config {
@@ -216,11 +270,27 @@ impl Default for Config {
             rate_limit: DEFAULT_RATE_LIMIT,
             presence_ttl: DEFAULT_PRESENCE_TTL,
             max_text_length: DEFAULT_MAX_TEXT_LENGTH,
+            history_size: DEFAULT_HISTORY_SIZE,
+            history_ttl: DEFAULT_HISTORY_TTL,
+            history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
+            history_meta_ttl: DEFAULT_HISTORY_META_TTL,
+            drain_reconnect_spread: DEFAULT_DRAIN_RECONNECT_SPREAD,
+            inbox_claim_after: DEFAULT_INBOX_CLAIM_AFTER,
         }
     }
 }
 
 impl Config {
+    /// How much history to keep.
+    pub fn history(&self) -> crate::history::Settings {
+        crate::history::Settings {
+            size: self.history_size,
+            ttl: self.history_ttl,
+            max_bytes: self.history_max_bytes,
+            meta_ttl: self.history_meta_ttl,
+        }
+    }
+
     /// The periodic notification interval, or `None` when disabled (0).
     pub fn notifications(&self) -> Option<Duration> {
         enabled(self.notification_interval)
@@ -300,6 +370,29 @@ fn queue_bound(value: &str) -> Result<usize, String> {
     bounded(value, OUTBOUND_QUEUE_CAP, "frames")
 }
 
+fn history_size(value: &str) -> Result<usize, String> {
+    let n: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a whole number of messages"))?;
+    if n > HISTORY_SIZE_CAP {
+        return Err(format!(
+            "`{value}` must be between 0 and {HISTORY_SIZE_CAP} messages"
+        ));
+    }
+    Ok(n)
+}
+
+fn history_bytes(value: &str) -> Result<usize, String> {
+    match bounded(value, 1 << 40, "bytes")? {
+        n if n < 1024 => Err(format!(
+            "`{value}` must be between 1024 and {} bytes",
+            1u64 << 40
+        )),
+        n => Ok(n),
+    }
+}
+
 fn queue_bytes(value: &str) -> Result<usize, String> {
     match bounded(value, 1 << 30, "bytes")? {
         n if n < 1024 => Err(format!(
@@ -348,6 +441,13 @@ mod tests {
                 .jwt_require_exp
         );
         assert_eq!(parsed.max_text_length, default.max_text_length);
+        assert_eq!(parsed.history(), default.history());
+        assert_eq!(parsed.history_size, 100);
+        assert_eq!(parsed.history_ttl, Duration::from_secs(300));
+        assert_eq!(parsed.history_max_bytes, 64 << 20);
+        assert_eq!(parsed.history_meta_ttl, Duration::from_secs(86400));
+        assert_eq!(parsed.drain_reconnect_spread, Duration::from_secs(10));
+        assert_eq!(parsed.inbox_claim_after, default.inbox_claim_after);
         assert_eq!(parsed.presence_refresh(), Duration::from_secs(25));
         assert_eq!(
             (parsed.jwt_secret, parsed.api_key, parsed.allowed_origins),
@@ -378,6 +478,13 @@ mod tests {
             (&["--redis-timeout", "0"], "greater than 0"),
             (&["--presence-ttl", "0.5"], "at least 1 second"),
             (&["--max-text-length", "0"], "between 1 and"),
+            (&["--history-size", "lots"], "whole number"),
+            (&["--history-size", "100001"], "between 0 and"),
+            (&["--history-ttl", "0"], "greater than 0"),
+            (&["--history-max-bytes", "10"], "between 1024 and"),
+            (&["--history-meta-ttl", "0"], "greater than 0"),
+            (&["--drain-reconnect-spread=-1"], "non-negative"),
+            (&["--inbox-claim-after", "0"], "greater than 0"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -5,13 +5,17 @@
 
 use std::sync::Arc;
 
-use crate::hub::{Audience, ConnId, Fanout, Hub};
+use crate::history::Record;
+use crate::hub::{Audience, ConnId, Fanout, Hub, Rendered};
+use crate::outbox::Item;
 use crate::protocol::json::ServerMessage;
 use crate::protocol::{self, Dialect};
 
 /// A message for this instance's clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inbound<'a> {
+    /// A message of a stream's history, with its position.
+    Record(&'a Arc<Record>),
     /// A seed text for every plain-text client but `except` (`POST
     /// /broadcast`, `New message:` relays, seed publishers).
     Broadcast {
@@ -53,19 +57,24 @@ impl Delivery {
     /// local recipients.
     pub fn deliver(&self, inbound: Inbound<'_>) -> Fanout {
         match inbound {
+            Inbound::Record(record) => self.hub.send_record(record),
             Inbound::Broadcast { text, except } => self.hub.send_to_audience(
                 Audience::Only(Dialect::Text),
                 &protocol::text_frame(text),
                 except,
             ),
             Inbound::User { user, text } => {
-                let json = ServerMessage::notification(text).frame();
-                self.hub
-                    .send_to_user(user, &protocol::text_frame(text), &json)
+                let plain = Item::Frame(protocol::text_frame(text));
+                let json = Item::Frame(ServerMessage::notification(text).frame());
+                let rendered = Rendered {
+                    text: Some(&plain),
+                    json: Some(&json),
+                };
+                self.hub.send_to_user(user, rendered)
             }
             Inbound::Room { room, text, except } => {
-                self.hub
-                    .send_to_room(room, &protocol::text_frame(text), except)
+                let frame = Item::Frame(protocol::text_frame(text));
+                self.hub.send_to_room(room, &frame, except)
             }
             Inbound::Presence { room, user, text } => {
                 self.hub

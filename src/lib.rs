@@ -34,6 +34,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod delivery;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -25,6 +27,28 @@ pub struct Metrics {
     broker_outages: Counter,
     broker_dropped: Counter,
     protocol_errors: Counter,
+    history_streams: Gauge,
+    history_entries: Gauge,
+    history_bytes: Gauge,
+    resumes: Family<ResumeLabels, Counter>,
+    insufficient_state: Counter,
+    publish_refused: Counter,
+    polls: Gauge,
+    long_polls: Gauge,
+    sse: Gauge,
+    inbox_delivered: Counter,
+    inbox_rejected: Counter,
+    inbox_pending: Gauge,
+    inbox_lag: Gauge,
+}
+
+/// The labels of `wsnotify_resumes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResumeLabels {
+    /// `recovered` or `lost`.
+    pub outcome: &'static str,
+    /// `none`, or the reason a stream was not recovered.
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -50,6 +74,19 @@ impl Metrics {
             broker_outages: Counter::default(),
             broker_dropped: Counter::default(),
             protocol_errors: Counter::default(),
+            history_streams: Gauge::default(),
+            history_entries: Gauge::default(),
+            history_bytes: Gauge::default(),
+            resumes: Family::default(),
+            insufficient_state: Counter::default(),
+            publish_refused: Counter::default(),
+            polls: Gauge::default(),
+            long_polls: Gauge::default(),
+            sse: Gauge::default(),
+            inbox_delivered: Counter::default(),
+            inbox_rejected: Counter::default(),
+            inbox_pending: Gauge::default(),
+            inbox_lag: Gauge::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -107,6 +144,67 @@ impl Metrics {
             "protocol_errors",
             "Room (JSON protocol) messages refused with system.error",
             m.protocol_errors.clone(),
+        );
+        registry.register(
+            "history_streams",
+            "Streams with history kept in this process (memory mode)",
+            m.history_streams.clone(),
+        );
+        registry.register(
+            "history_entries",
+            "Messages kept in history in this process (memory mode)",
+            m.history_entries.clone(),
+        );
+        registry.register(
+            "history_bytes",
+            "Bytes of history kept in this process (memory mode), under HISTORY_MAX_BYTES",
+            m.history_bytes.clone(),
+        );
+        registry.register(
+            "resumes",
+            "Streams resumed from a client's position, by outcome and reason",
+            m.resumes.clone(),
+        );
+        registry.register(
+            "insufficient_state_closes",
+            "Readers closed with 4010 because they missed messages of a stream",
+            m.insufficient_state.clone(),
+        );
+        registry.register(
+            "publish_refused",
+            "Publishes to a stream refused with 503 because history could not be kept (Redis unreachable)",
+            m.publish_refused.clone(),
+        );
+        registry.register(
+            "polls_in_flight",
+            "GET /poll requests being answered",
+            m.polls.clone(),
+        );
+        registry.register(
+            "long_polls_in_flight",
+            "GET /poll requests waiting for a message",
+            m.long_polls.clone(),
+        );
+        registry.register("sse_connections", "Open GET /sse streams", m.sse.clone());
+        registry.register(
+            "inbox_delivered",
+            "Entries of the Redis inbox appended and delivered by this instance",
+            m.inbox_delivered.clone(),
+        );
+        registry.register(
+            "inbox_rejected",
+            "Entries of the Redis inbox refused (moved to wsnotify:inbox:rejected)",
+            m.inbox_rejected.clone(),
+        );
+        registry.register(
+            "inbox_pending",
+            "Inbox entries read by some instance and not yet acknowledged",
+            m.inbox_pending.clone(),
+        );
+        registry.register(
+            "inbox_lag",
+            "Inbox entries no instance has read yet",
+            m.inbox_lag.clone(),
         );
         m.broker_up.set(1);
         Metrics {
@@ -169,6 +267,63 @@ impl Metrics {
         self.protocol_errors.inc();
     }
 
+    /// What history holds (memory mode).
+    pub fn history(&self, streams: usize, entries: usize, bytes: usize) {
+        self.history_streams.set(streams as i64);
+        self.history_entries.set(entries as i64);
+        self.history_bytes.set(bytes as i64);
+    }
+
+    /// One stream resumed; `reason` is `None` when it was recovered.
+    pub fn resumed(&self, reason: Option<&'static str>) {
+        let labels = match reason {
+            None => ResumeLabels {
+                outcome: "recovered",
+                reason: "none",
+            },
+            Some(reason) => ResumeLabels {
+                outcome: "lost",
+                reason,
+            },
+        };
+        self.resumes.get_or_create(&labels).inc();
+    }
+
+    /// A reader was closed with 4010.
+    pub fn insufficient_state(&self) {
+        self.insufficient_state.inc();
+    }
+
+    /// A publish was refused with 503.
+    pub fn publish_refused(&self) {
+        self.publish_refused.inc();
+    }
+
+    /// The gauge of polls in flight, or of those waiting (`long`).
+    pub fn polls(&self, long: bool) -> &Gauge {
+        if long { &self.long_polls } else { &self.polls }
+    }
+
+    /// The gauge of open SSE streams.
+    pub fn sse(&self) -> &Gauge {
+        &self.sse
+    }
+
+    /// Inbox entries delivered (`true`) or rejected.
+    pub fn inbox(&self, delivered: bool) {
+        if delivered {
+            self.inbox_delivered.inc();
+        } else {
+            self.inbox_rejected.inc();
+        }
+    }
+
+    /// The inbox's backlog: entries pending acknowledgement, and unread.
+    pub fn inbox_backlog(&self, pending: u64, lag: u64) {
+        self.inbox_pending.set(pending as i64);
+        self.inbox_lag.set(lag as i64);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -200,6 +355,14 @@ mod tests {
             "wsnotify_broker_outages_total 0",
             "wsnotify_broker_publish_dropped_total 0",
             "wsnotify_protocol_errors_total 0",
+            "wsnotify_history_entries 0",
+            "wsnotify_history_bytes 0",
+            "wsnotify_insufficient_state_closes_total 0",
+            "wsnotify_polls_in_flight 0",
+            "wsnotify_long_polls_in_flight 0",
+            "wsnotify_sse_connections 0",
+            "wsnotify_inbox_pending 0",
+            "wsnotify_inbox_lag 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

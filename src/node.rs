@@ -10,18 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::Stream as Signals;
 
 use crate::auth::{Auth, AuthError};
 use crate::broker::redis::{RedisBroker, Settings};
-use crate::broker::{Broker, MemoryBroker, StartError};
+use crate::broker::{Broker, MemoryBroker, StartError, Unavailable};
 use crate::config::Config;
 use crate::delivery::{Delivery, Inbound};
+use crate::history::memory::{MemoryHistory, Usage};
+use crate::history::{Budget, Position, Read};
 use crate::hub::{Audience, ConnId, Fanout, Hub, QueueBounds};
 use crate::metrics::Metrics;
 use crate::protocol::json::{ServerMessage, now_ms};
 use crate::protocol::{self, Dialect, text};
 use crate::shutdown::{Outcome, Shutdown, Timing};
+use crate::stream::Stream;
 
 /// What the node's operations answer with, for handlers to render.
 pub use crate::broker::{BrokerHealth, Notified, Reach};
@@ -55,6 +58,32 @@ pub struct Health {
     pub connections: usize,
     pub draining: bool,
     pub broker: BrokerHealth,
+    pub history: HistoryHealth,
+}
+
+/// The history part of `/health`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryHealth {
+    pub settings: crate::history::Settings,
+    /// What this process holds (memory mode; Redis keeps its own).
+    pub usage: Option<Usage>,
+    /// Whether history can be written and read right now.
+    pub available: bool,
+}
+
+/// Where a publish went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its position in its stream, with history on.
+    pub at: Option<Position>,
+    /// An idempotency key seen within five minutes: nothing was sent again,
+    /// `at` is the first publish's position.
+    pub duplicate: bool,
+    /// Local connections it was queued for, where known at once.
+    pub local: usize,
+    /// Instances that received it.
+    pub instances: usize,
+    pub reach: Reach,
 }
 
 /// Whether a load balancer should send clients here (`/ready`).
@@ -99,7 +128,11 @@ impl Node {
         let (hub, broker) = match &config.redis_url {
             None => {
                 let hub = Arc::new(hub);
-                let broker = Broker::Memory(MemoryBroker::new(Delivery::new(hub.clone())));
+                let history = config
+                    .history()
+                    .enabled()
+                    .then(|| MemoryHistory::new(config.history()));
+                let broker = Broker::Memory(MemoryBroker::new(Delivery::new(hub.clone()), history));
                 (hub, broker)
             }
             Some(url) => {
@@ -123,6 +156,7 @@ impl Node {
             shutdown_text: protocol::text_frame(text::SHUTDOWN_NOTICE),
             shutdown_json: ServerMessage::Shutdown {
                 message: text::SHUTDOWN_NOTICE.to_owned(),
+                reconnect_after_ms: None,
             }
             .frame(),
         }))
@@ -151,11 +185,16 @@ impl Node {
             .register(Dialect::Text, user, Some(self.connected_frame.clone()))
     }
 
-    /// Registers a JSON connection of `user` in `room`; its first frame is
-    /// the room's `room.joined`.
-    pub async fn connect_json(&self, user: Arc<str>, room: &str) -> Registration {
-        let remote = self.broker.listed(room).await.unwrap_or_default();
-        self.hub.register_in_room(user, room, &remote)
+    /// Registers a JSON connection of `user`, in `room` if given: then its
+    /// first frame is the room's `room.joined`.
+    pub async fn connect_json(&self, user: Arc<str>, room: Option<&str>) -> Registration {
+        match room {
+            Some(room) => {
+                let remote = self.broker.listed(room).await.unwrap_or_default();
+                self.hub.register_in_room(user, room, &remote)
+            }
+            None => self.hub.register(Dialect::Json, user, None),
+        }
     }
 
     /// Puts `reg` in `room` and queues `room.joined` with the members,
@@ -166,12 +205,125 @@ impl Node {
         reg.join(room, &remote);
     }
 
-    /// The drain notice for a connection speaking `dialect`.
+    /// Registers a [`Role::Waiter`](crate::hub::Role) of `user` in
+    /// `rooms`, for a long-poll or an SSE stream.
+    pub fn connect_waiter(&self, user: Arc<str>, rooms: &[String]) -> Registration {
+        let mut reg = self.hub.register_waiter(user);
+        for room in rooms {
+            reg.join(room, &[]);
+        }
+        reg
+    }
+
+    /// Whether streams keep history (`HISTORY_SIZE` > 0).
+    pub fn history_enabled(&self) -> bool {
+        self.config.history().enabled()
+    }
+
+    /// What one reader may be sent on a resume: its outbound queue.
+    pub fn resume_budget(&self) -> Budget {
+        Budget {
+            frames: self.config.outbound_queue,
+            bytes: self.config.outbound_queue_bytes,
+        }
+    }
+
+    /// Reads `stream`'s history after `since` (see
+    /// [`Broker::read`](crate::broker::Broker::read)).
+    pub async fn read(
+        &self,
+        stream: &Stream,
+        since: Option<&Position>,
+        budget: &mut Budget,
+    ) -> Result<Read, Unavailable> {
+        self.broker.read(stream, since, budget).await
+    }
+
+    /// What history holds in this process (memory mode).
+    pub fn history_usage(&self) -> Option<Usage> {
+        self.broker.history_usage()
+    }
+
+    /// Drops expired history (memory mode).
+    pub fn sweep_history(&self) {
+        self.broker.sweep_history();
+    }
+
+    /// The drain notice for a connection speaking `dialect`; JSON clients
+    /// each get their own reconnect delay across `DRAIN_RECONNECT_SPREAD`.
     pub fn shutdown_notice(&self, dialect: Dialect) -> Bytes {
         match dialect {
             Dialect::Text => self.shutdown_text.clone(),
-            Dialect::Json => self.shutdown_json.clone(),
+            Dialect::Json if self.config.drain_reconnect_spread.is_zero() => {
+                self.shutdown_json.clone()
+            }
+            Dialect::Json => ServerMessage::Shutdown {
+                message: text::SHUTDOWN_NOTICE.to_owned(),
+                reconnect_after_ms: Some(self.reconnect_delay_ms()),
+            }
+            .frame(),
         }
+    }
+
+    /// A delay drawn uniformly from [0, `DRAIN_RECONNECT_SPREAD`], in ms.
+    pub fn reconnect_delay_ms(&self) -> u64 {
+        let spread = self.config.drain_reconnect_spread.as_millis() as u64;
+        // uuid's generator is a fast thread-local one (the `fast-rng` feature).
+        (uuid::Uuid::new_v4().as_u128() % u128::from(spread + 1)) as u64
+    }
+
+    /// Publishes `body` on `stream`: with history on, appended to the
+    /// stream's history (refused while it cannot be kept) and delivered with
+    /// its position; with history off, delivered live as before. `key` is
+    /// the publisher's `Idempotency-Key`.
+    pub async fn publish(
+        &self,
+        stream: &Stream,
+        body: &str,
+        key: Option<&str>,
+    ) -> Result<Published, Unavailable> {
+        if self.history_enabled() {
+            let appended = match self.broker.append(stream, body.into(), key).await {
+                Ok(appended) => appended,
+                Err(unavailable) => {
+                    self.metrics.publish_refused();
+                    return Err(unavailable);
+                }
+            };
+            return Ok(Published {
+                at: Some(appended.position),
+                duplicate: appended.duplicate,
+                local: appended.local,
+                instances: appended.instances,
+                reach: Reach::Everywhere,
+            });
+        }
+        let live = |fanout: Fanout| Published {
+            at: None,
+            duplicate: false,
+            local: fanout.queued,
+            instances: usize::from(fanout.queued > 0),
+            reach: Reach::Everywhere,
+        };
+        Ok(match stream {
+            Stream::User(user) => {
+                let notified = self.broker.notify(user, body).await;
+                Published {
+                    instances: notified.instances,
+                    reach: notified.reach,
+                    ..live(Fanout::default())
+                }
+            }
+            Stream::Broadcast => live(self.broker.publish(Inbound::Broadcast {
+                text: body,
+                except: None,
+            })),
+            Stream::Room(room) => live(self.broker.publish(Inbound::Room {
+                room,
+                text: body,
+                except: None,
+            })),
+        })
     }
 
     /// `New message: T` from plain-text connection `from` to every other
@@ -183,29 +335,20 @@ impl Node {
         })
     }
 
-    /// `POST /broadcast`: `text` to every plain-text client of every
-    /// instance.
-    pub fn broadcast(&self, text: &str) -> Fanout {
-        self.broker
-            .publish(Inbound::Broadcast { text, except: None })
-    }
-
     /// A `chat.delivery` of `text` by `user` to every member of `room` on
-    /// every instance, the sender included; returns the delivery sent and
-    /// how many local members it was queued for.
-    pub fn say(&self, room: &str, user: &str, text: &str) -> (ServerMessage, Fanout) {
+    /// every instance, the sender included; returns the delivery and where
+    /// it went.
+    pub async fn say(
+        &self,
+        room: &str,
+        user: &str,
+        text: &str,
+        key: Option<&str>,
+    ) -> Result<(ServerMessage, Published), Unavailable> {
         let delivery = ServerMessage::delivery(room, user, text);
-        let fanout = self.broker.publish(Inbound::Room {
-            room,
-            text: &delivery.encode(),
-            except: None,
-        });
-        (delivery, fanout)
-    }
-
-    /// `text` to every connection of `user` on every instance.
-    pub async fn notify(&self, user: &str, text: &str) -> Notified {
-        self.broker.notify(user, text).await
+        let stream = Stream::Room(room.into());
+        let published = self.publish(&stream, &delivery.encode(), key).await?;
+        Ok((delivery, published))
     }
 
     /// The users present in `room` on every instance (this one's only while
@@ -233,7 +376,21 @@ impl Node {
             connections: self.hub.len(),
             draining: self.shutdown.is_draining(),
             broker: self.broker.health(),
+            history: HistoryHealth {
+                settings: self.config.history(),
+                usage: self.broker.history_usage(),
+                available: self.history_enabled() && self.broker.is_up(),
+            },
         }
+    }
+
+    /// The Prometheus exposition, with the gauges read at scrape time.
+    pub fn render_metrics(&self) -> String {
+        if let Some(usage) = self.broker.history_usage() {
+            self.metrics
+                .history(usage.streams, usage.entries, usage.bytes);
+        }
+        self.metrics.render()
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -282,7 +439,7 @@ impl Node {
     /// Drains the node (see [`Shutdown::drain`]).
     pub async fn drain<S>(&self, signals: S) -> Outcome
     where
-        S: Stream<Item = ()> + Unpin,
+        S: Signals<Item = ()> + Unpin,
     {
         let timing = Timing {
             timeout: self.config.shutdown_timeout,

@@ -9,14 +9,45 @@
 //! the publisher moves on, and the session closes with 4008.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::history::Record;
 use crate::protocol::Close;
+
+/// One thing queued for a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// An encoded frame, written as it is.
+    Frame(Bytes),
+    /// A message of a stream, shared by every reader; its position is
+    /// checked by the reader before its frame is written.
+    Record(Arc<Record>),
+}
+
+impl Item {
+    /// The bytes this item puts on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Item::Frame(frame) => frame.len(),
+            Item::Record(record) => record.frame.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Bytes> for Item {
+    fn from(frame: Bytes) -> Self {
+        Item::Frame(frame)
+    }
+}
 
 /// The result of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +83,8 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Bytes>,
-    /// The bytes of the frames in `queue`.
+    queue: VecDeque<Item>,
+    /// The bytes of the items in `queue`.
     bytes: usize,
     /// Why the connection was killed, once it has been.
     killed: Option<Close>,
@@ -100,22 +131,23 @@ impl Outbox {
         true
     }
 
-    /// Queues `frame` without waiting.
-    pub fn push(&self, frame: Bytes) -> Push {
+    /// Queues `item` (a frame, or a record) without waiting.
+    pub fn push(&self, item: impl Into<Item>) -> Push {
+        let item = item.into();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.closed {
             return Push::Closed;
         }
         let too_many_bytes =
-            !state.queue.is_empty() && state.bytes.saturating_add(frame.len()) > self.max_bytes;
+            !state.queue.is_empty() && state.bytes.saturating_add(item.len()) > self.max_bytes;
         if state.queue.len() >= self.capacity || too_many_bytes {
             drop(state);
             self.kill(Close::SlowConsumer);
             return Push::Overflowed;
         }
         let was_empty = state.queue.is_empty();
-        state.bytes += frame.len();
-        state.queue.push_back(frame);
+        state.bytes += item.len();
+        state.queue.push_back(item);
         drop(state);
         if was_empty {
             self.ready.notify_one();
@@ -128,8 +160,8 @@ impl Outbox {
         self.ready.notified().await
     }
 
-    /// Moves every queued frame to the back of `out`, keeping order.
-    pub fn drain_into(&self, out: &mut VecDeque<Bytes>) {
+    /// Moves every queued item to the back of `out`, keeping order.
+    pub fn drain_into(&self, out: &mut VecDeque<Item>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if out.is_empty() {
             std::mem::swap(&mut state.queue, out);
@@ -161,6 +193,10 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(bytes: &'static [u8]) -> Item {
+        Item::Frame(Bytes::from_static(bytes))
+    }
 
     #[test]
     fn overflow_kills_and_drops_later_pushes() {
@@ -195,10 +231,10 @@ mod tests {
         outbox.ready().await; // the permit stored by the first push
         let mut out = VecDeque::new();
         outbox.drain_into(&mut out);
-        assert_eq!(out, [Bytes::from_static(b"1"), Bytes::from_static(b"2")]);
+        assert_eq!(out, [frame(b"1"), frame(b"2")]);
         outbox.push(Bytes::from_static(b"3"));
         outbox.drain_into(&mut out);
         assert_eq!(out.len(), 3);
-        assert_eq!(out[2], Bytes::from_static(b"3"));
+        assert_eq!(out[2], frame(b"3"));
     }
 }

@@ -113,6 +113,15 @@ fn start_tickers(node: &Arc<Node>, stop: &CancellationToken) -> Vec<JoinHandle<(
             every_period(every, stop.cancelled(), || node.heartbeat()).await
         }));
     }
+    // Expired history goes at least every few seconds (memory mode).
+    if config.history().enabled() {
+        let every =
+            (config.history_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let (node, stop) = (node.clone(), stop.clone());
+        tickers.push(tokio::spawn(async move {
+            every_period(every, stop.cancelled(), || node.sweep_history()).await
+        }));
+    }
     // Sweeping four times per period bounds the overshoot to a quarter of
     // `IDLE_TIMEOUT`.
     if let Some(idle) = config::enabled(config.idle_timeout) {

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::limits::{user_id_fits, valid_room};
+
 /// A named flow of messages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stream {
@@ -22,6 +24,40 @@ impl fmt::Display for Stream {
             Stream::User(user) => write!(f, "user:{user}"),
             Stream::Room(room) => write!(f, "room:{room}"),
             Stream::Broadcast => f.write_str("broadcast"),
+        }
+    }
+}
+
+impl Stream {
+    /// The stream `name` names (`user:alice`, `room:lobby`, `broadcast`),
+    /// if it follows the rules for user ids and room names.
+    pub fn parse(name: &str) -> Option<Stream> {
+        if name == "broadcast" {
+            return Some(Stream::Broadcast);
+        }
+        if let Some(user) = name.strip_prefix("user:") {
+            return (!user.is_empty() && user_id_fits(user)).then(|| Stream::User(user.into()));
+        }
+        let room = name.strip_prefix("room:")?;
+        valid_room(room).then(|| Stream::Room(room.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_back() {
+        for stream in [
+            Stream::User("a:b,c".into()),
+            Stream::Room("team:42@eu".into()),
+            Stream::Broadcast,
+        ] {
+            assert_eq!(Stream::parse(&stream.to_string()), Some(stream));
+        }
+        for bad in ["user:", "room:", "room:a b", "broadcast:x", "users:a", ""] {
+            assert_eq!(Stream::parse(bad), None, "{bad}");
         }
     }
 }

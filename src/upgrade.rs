@@ -19,8 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::auth::Refusal;
-use crate::http::reply::{ResponseBody, error, unauthorized, unavailable};
+use crate::http::reply::{self, ResponseBody, error, unavailable};
 use crate::limits::{invalid_room, user_id_fits, user_id_too_long, valid_room};
 use crate::node::Node;
 use crate::query::query_param;
@@ -31,8 +30,9 @@ use crate::session::{self, Opening};
 pub enum Target {
     /// `/ws` or `/ws/{client_id}`: the plain-text dialect.
     Text(Option<String>),
-    /// `/ws/rooms/{room}`: the JSON dialect, starting in `room`.
-    Json(String),
+    /// `/ws/rooms/{room}` (starting in the room) or `/ws/notifications`
+    /// (no room): the JSON dialect.
+    Json(Option<String>),
 }
 
 /// Answers an upgrade request and, on success, starts its session.
@@ -59,19 +59,27 @@ pub fn websocket<B>(
     // with tokens on, the name must be the token's `sub`.
     let (client_id, opening) = match target {
         Target::Text(client_id) => (client_id, Opening::Text),
-        Target::Json(room) => (query_param(req.uri(), "user"), Opening::Json { room }),
+        Target::Json(room) => {
+            let since = query_param(req.uri(), "since");
+            (
+                query_param(req.uri(), "user"),
+                Opening::Json { room, since },
+            )
+        }
     };
     let admission = match node
         .auth()
         .admit(req.uri(), req.headers(), client_id.as_deref())
     {
         Ok(admission) => admission,
-        Err(refusal) => return refused(refusal),
+        Err(refusal) => return reply::refusal(&refusal),
     };
     if client_id.as_ref().is_some_and(|id| !user_id_fits(id)) {
         return error(StatusCode::BAD_REQUEST, &user_id_too_long("client_id"));
     }
-    if let Opening::Json { room } = &opening
+    if let Opening::Json {
+        room: Some(room), ..
+    } = &opening
         && !valid_room(room)
     {
         return error(StatusCode::BAD_REQUEST, &invalid_room());
@@ -98,7 +106,7 @@ pub fn websocket<B>(
             Err(err) => tracing::debug!(%err, "upgrade did not complete"),
         }
     });
-    res.map(|_| ResponseBody::default())
+    res.map(|_| reply::empty())
 }
 
 /// Runs the session on the raw TCP stream when hyper gives it back, so reads
@@ -121,15 +129,6 @@ async fn hand_over(node: Arc<Node>, upgraded: Upgraded, user: Arc<str>, opening:
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             session::run(node, read, write, user, opening).await
         }
-    }
-}
-
-/// The answer to a request refused by [`Auth::admit`](crate::auth::Auth::admit).
-fn refused(refusal: Refusal) -> Response<ResponseBody> {
-    tracing::debug!(reason = %refusal, "WebSocket upgrade refused");
-    match refusal.status() {
-        StatusCode::UNAUTHORIZED => unauthorized(&refusal.to_string()),
-        status => error(status, &refusal.to_string()),
     }
 }
 
@@ -182,11 +181,14 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status(request("/ws/rooms/a%20b", true), Target::Json("a b".into())),
+            status(
+                request("/ws/rooms/a%20b", true),
+                Target::Json(Some("a b".into()))
+            ),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status(request("/ws/rooms/r", true), Target::Json("r".into())),
+            status(request("/ws/rooms/r", true), Target::Json(Some("r".into()))),
             StatusCode::SWITCHING_PROTOCOLS
         );
         // Draining comes first, whatever else is wrong.

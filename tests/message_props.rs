@@ -35,7 +35,7 @@ use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use support::*;
 use wsnotify::Config;
-use wsnotify::protocol::json::{ClientMessage, ErrorCode, ServerMessage};
+use wsnotify::protocol::json::{ClientMessage, ErrorCode, Reason, ServerMessage, StreamPosition};
 
 // ---------------------------------------------------------------------------
 // The reference: what the protocol description promises, independent of src/.
@@ -51,8 +51,10 @@ const CLIENT_TYPES: [&str; 5] = [
 ];
 
 /// The `type` of every server message.
-const SERVER_TYPES: [&str; 10] = [
+const SERVER_TYPES: [&str; 12] = [
     "chat.delivery",
+    "broadcast",
+    "stream.position",
     "room.joined",
     "room.left",
     "presence.join",
@@ -86,6 +88,8 @@ fn server_type(message: &ServerMessage) -> &'static str {
         ServerMessage::PresenceJoin { .. } => "presence.join",
         ServerMessage::PresenceLeave { .. } => "presence.leave",
         ServerMessage::Notification { .. } => "notification",
+        ServerMessage::Broadcast { .. } => "broadcast",
+        ServerMessage::Position { .. } => "stream.position",
         ServerMessage::Ping { .. } => "system.ping",
         ServerMessage::Pong { .. } => "system.pong",
         ServerMessage::Error { .. } => "system.error",
@@ -93,20 +97,47 @@ fn server_type(message: &ServerMessage) -> &'static str {
     }
 }
 
-/// The documented keys of a server message, `type` included.
-fn server_keys(message: &ServerMessage) -> &'static [&'static str] {
-    match message {
-        ServerMessage::Delivery { .. } => &["id", "room", "text", "ts", "type", "user"],
-        ServerMessage::Joined { .. } => &["room", "type", "users"],
-        ServerMessage::Left { .. } => &["room", "type"],
-        ServerMessage::PresenceJoin { .. } | ServerMessage::PresenceLeave { .. } => {
-            &["room", "ts", "type", "user"]
+/// The documented keys of a server message, `type` included, sorted: a
+/// delivery of a stream carries `stream`, `epoch` and `offset` as well.
+fn server_keys(message: &ServerMessage) -> Vec<&'static str> {
+    let (keys, placed): (&[&str], bool) = match message {
+        ServerMessage::Delivery { at, .. } => {
+            (&["id", "room", "text", "ts", "type", "user"], at.is_some())
         }
-        ServerMessage::Notification { .. } => &["data", "type"],
-        ServerMessage::Ping { .. } | ServerMessage::Pong { .. } => &["ts", "type"],
-        ServerMessage::Error { .. } => &["code", "message", "type"],
-        ServerMessage::Shutdown { .. } => &["message", "type"],
+        ServerMessage::Joined { .. } => (&["room", "type", "users"], false),
+        ServerMessage::Left { .. } => (&["room", "type"], false),
+        ServerMessage::PresenceJoin { .. } | ServerMessage::PresenceLeave { .. } => {
+            (&["room", "ts", "type", "user"], false)
+        }
+        ServerMessage::Notification { at, .. } | ServerMessage::Broadcast { at, .. } => {
+            (&["data", "type"], at.is_some())
+        }
+        ServerMessage::Position {
+            recovered, reason, ..
+        } => {
+            let mut keys = vec!["epoch", "offset", "stream", "type"];
+            keys.extend(recovered.map(|_| "recovered"));
+            keys.extend(reason.map(|_| "reason"));
+            keys.sort_unstable();
+            return keys;
+        }
+        ServerMessage::Ping { .. } | ServerMessage::Pong { .. } => (&["ts", "type"], false),
+        ServerMessage::Error { .. } => (&["code", "message", "type"], false),
+        ServerMessage::Shutdown {
+            reconnect_after_ms, ..
+        } => {
+            let mut keys = vec!["message", "type"];
+            keys.extend(reconnect_after_ms.map(|_| "reconnect_after_ms"));
+            keys.sort_unstable();
+            return keys;
+        }
+    };
+    let mut keys = keys.to_vec();
+    if placed {
+        keys.extend(["epoch", "offset", "stream"]);
     }
+    keys.sort_unstable();
+    keys
 }
 
 /// The wire name of each error code, as documented.
@@ -120,6 +151,9 @@ fn documented_code(code: ErrorCode) -> &'static str {
         ErrorCode::InvalidRoom => "invalid_room",
         ErrorCode::NotInRoom => "not_in_room",
         ErrorCode::TooManyRooms => "too_many_rooms",
+        ErrorCode::InvalidCursor => "invalid_cursor",
+        ErrorCode::ForbiddenStream => "forbidden_stream",
+        ErrorCode::Unavailable => "unavailable",
     }
 }
 
@@ -398,10 +432,32 @@ fn object_outcomes(fields: &[(String, J)], max: usize) -> Vec<Outcome> {
                     .collect(),
             }
         }
-        "room.join" => match room() {
-            Ok(room) => vec![Ok(ClientMessage::RoomJoin { room })],
-            Err(codes) => codes.into_iter().map(Err).collect(),
-        },
+        "room.join" => {
+            // `since` is an optional string; its grammar is checked when the
+            // join is carried out, not by the decoder.
+            let since: Vec<Result<Option<String>, ErrorCode>> = match get("since") {
+                None => vec![Ok(None)],
+                Some(J::Null) => vec![Ok(None), Err(InvalidField)],
+                Some(J::Str(s)) => vec![Ok(Some(s.clone()))],
+                Some(_) => vec![Err(InvalidField)],
+            };
+            match room() {
+                Ok(room) => since
+                    .into_iter()
+                    .map(|since| {
+                        since.map(|since| ClientMessage::RoomJoin {
+                            room: room.clone(),
+                            since,
+                        })
+                    })
+                    .collect(),
+                Err(codes) => codes
+                    .into_iter()
+                    .map(Err)
+                    .chain(since.into_iter().filter_map(Result::err).map(Err))
+                    .collect(),
+            }
+        }
         "room.leave" => match room() {
             Ok(room) => vec![Ok(ClientMessage::RoomLeave { room })],
             Err(codes) => codes.into_iter().map(Err).collect(),
@@ -459,7 +515,7 @@ fn decode_checked(text: &str, max: usize) -> Result<Outcome, TestCaseError> {
                     prop_assert!(!text.is_empty(), "accepted an empty text");
                     prop_assert!(text.chars().count() <= max, "accepted a text over {}", max);
                 }
-                ClientMessage::RoomJoin { room } | ClientMessage::RoomLeave { room } => {
+                ClientMessage::RoomJoin { room, .. } | ClientMessage::RoomLeave { room } => {
                     prop_assert!(spec_room(room), "accepted room {:?}", room);
                 }
                 ClientMessage::Ping { .. } | ClientMessage::Pong { .. } => {}
@@ -547,7 +603,8 @@ fn client_message(max: usize) -> impl Strategy<Value = ClientMessage> {
     prop_oneof![
         3 => (room_name(), text_within(max))
             .prop_map(|(room, text)| ClientMessage::ChatMessage { room, text }),
-        1 => room_name().prop_map(|room| ClientMessage::RoomJoin { room }),
+        1 => (room_name(), option::of(any::<String>()))
+            .prop_map(|(room, since)| ClientMessage::RoomJoin { room, since }),
         1 => room_name().prop_map(|room| ClientMessage::RoomLeave { room }),
         1 => option::of(timestamp()).prop_map(|ts| ClientMessage::Ping { ts }),
         1 => option::of(timestamp()).prop_map(|ts| ClientMessage::Pong { ts }),
@@ -582,13 +639,42 @@ fn error_message() -> impl Strategy<Value = ServerMessage> {
         .prop_map(|(code, message)| ServerMessage::Error { code, message })
 }
 
+/// A stream position, or none (history off).
+fn placed() -> impl Strategy<Value = Option<StreamPosition>> {
+    option::of(
+        (
+            prop_oneof![
+                Just("broadcast".to_owned()),
+                room_name().prop_map(|r| format!("room:{r}")),
+                any::<String>().prop_map(|u| format!("user:{u}")),
+            ],
+            string_regex("[0-9a-z]{0,32}").unwrap(),
+            any::<u64>(),
+        )
+            .prop_map(|(stream, epoch, offset)| StreamPosition {
+                stream,
+                epoch,
+                offset,
+            }),
+    )
+}
+
+fn reason() -> impl Strategy<Value = Reason> {
+    select(Reason::ALL.to_vec())
+}
+
 /// Every server message.
 fn server_message() -> impl Strategy<Value = ServerMessage> {
     let user = || prop_oneof![3 => string_regex("[a-z0-9-]{1,12}").unwrap(), 1 => any::<String>()];
     prop_oneof![
-        3 => (room_name(), user(), any::<String>(), any::<String>(), timestamp()).prop_map(
-            |(room, user, text, id, ts)| ServerMessage::Delivery { room, user, text, id, ts }
+        3 => (room_name(), user(), any::<String>(), any::<String>(), timestamp(), placed()).prop_map(
+            |(room, user, text, id, ts, at)| ServerMessage::Delivery { room, user, text, id, ts, at }
         ),
+        1 => (json_value(), placed()).prop_map(|(data, at)| ServerMessage::Broadcast { data, at }),
+        1 => (any::<String>(), string_regex("[0-9a-z]{0,32}").unwrap(), any::<u64>(), option::of(any::<bool>()), option::of(reason()))
+            .prop_map(|(stream, epoch, offset, recovered, reason)| ServerMessage::Position {
+                stream, epoch, offset, recovered, reason,
+            }),
         1 => (room_name(), vec(user(), 0..6))
             .prop_map(|(room, users)| ServerMessage::Joined { room, users }),
         1 => room_name().prop_map(|room| ServerMessage::Left { room }),
@@ -596,11 +682,13 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             .prop_map(|(room, user, ts)| ServerMessage::PresenceJoin { room, user, ts }),
         1 => (room_name(), user(), timestamp())
             .prop_map(|(room, user, ts)| ServerMessage::PresenceLeave { room, user, ts }),
-        2 => json_value().prop_map(|data| ServerMessage::Notification { data }),
+        2 => (json_value(), placed()).prop_map(|(data, at)| ServerMessage::Notification { data, at }),
         1 => timestamp().prop_map(|ts| ServerMessage::Ping { ts }),
         1 => timestamp().prop_map(|ts| ServerMessage::Pong { ts }),
         2 => error_message(),
-        1 => any::<String>().prop_map(|message| ServerMessage::Shutdown { message }),
+        1 => (any::<String>(), option::of(any::<u64>())).prop_map(|(message, reconnect_after_ms)| {
+            ServerMessage::Shutdown { message, reconnect_after_ms }
+        }),
     ]
 }
 
@@ -783,9 +871,11 @@ fn valid_object(max: usize) -> BoxedStrategy<J> {
                     ("room".into(), J::Str(room)),
                     ("text".into(), J::Str(text)),
                 ],
-                ClientMessage::RoomJoin { room } | ClientMessage::RoomLeave { room } => {
-                    vec![kind, ("room".into(), J::Str(room))]
-                }
+                ClientMessage::RoomJoin { room, since } => [kind, ("room".into(), J::Str(room))]
+                    .into_iter()
+                    .chain(since.map(|since| ("since".to_owned(), J::Str(since))))
+                    .collect(),
+                ClientMessage::RoomLeave { room } => vec![kind, ("room".into(), J::Str(room))],
                 ClientMessage::Ping { ts } | ClientMessage::Pong { ts } => [kind]
                     .into_iter()
                     .chain(ts.map(|ts| ("ts".to_owned(), J::Int(ts.into()))))
@@ -940,7 +1030,7 @@ proptest! {
     fn notifications_carry_json_payloads_as_json(data in json_value()) {
         prop_assert_eq!(
             ServerMessage::notification(&data.to_string()),
-            ServerMessage::Notification { data }
+            ServerMessage::Notification { data, at: None }
         );
     }
 
@@ -951,7 +1041,7 @@ proptest! {
         let payload = format!("x{text}");
         prop_assert_eq!(
             ServerMessage::notification(&payload),
-            ServerMessage::Notification { data: Value::String(payload.clone()) }
+            ServerMessage::Notification { data: Value::String(payload.clone()), at: None }
         );
     }
 }
@@ -1463,12 +1553,13 @@ async fn live(
     flood: Option<Vec<Msg>>,
     close: Option<(u16, String)>,
 ) -> Result<(), TestCaseError> {
+    // History off: this fuzzer checks the dialect's answers frame by frame
+    // (history's own model is in tests/history_props.rs).
     let server = TestServer::start(Config {
-        notification_interval: Duration::ZERO,
         heartbeat_interval: Duration::ZERO,
         max_text_length: LIVE_MAX_TEXT,
         rate_limit: 0,
-        ..Config::default()
+        ..quiet_config()
     })
     .await;
     let (mut bystander, roster) = join_room(server.addr, FUZZ, "bystander").await;
@@ -1690,6 +1781,7 @@ async fn answered(
                 text: t,
                 id,
                 ts,
+                ..
             } = got
             else {
                 return Err(TestCaseError::fail(format!(

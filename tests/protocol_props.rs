@@ -45,10 +45,11 @@ fn documented(close: Close) -> (u16, &'static str) {
         Close::TooBig => (1009, "message too big"),
         Close::IdleTimeout => (4000, "idle timeout: no frame from the client"),
         Close::SlowConsumer => (4008, "slow consumer: outbound queue full"),
+        Close::InsufficientState => (4010, "insufficient state: reconnect and resume"),
     }
 }
 
-const ALL_CLOSES: [Close; 10] = [
+const ALL_CLOSES: [Close; 11] = [
     Close::Normal,
     Close::GoingAway,
     Close::Protocol,
@@ -59,6 +60,7 @@ const ALL_CLOSES: [Close; 10] = [
     Close::TooBig,
     Close::IdleTimeout,
     Close::SlowConsumer,
+    Close::InsufficientState,
 ];
 
 /// How RFC 6455 §7.4 classifies a close code a client may send.

@@ -507,7 +507,7 @@ async fn a_notification_reaches_a_room_connection_on_another_instance() {
         );
         assert_eq!(
             next_json(&mut u1).await,
-            ServerMessage::Notification { data }
+            ServerMessage::Notification { data, at: None }
         );
     }
     for ws in [&mut u1, &mut u2] {
@@ -644,6 +644,7 @@ fn expect_delivery_of(message: ServerMessage, user: &str, text: &str) -> (String
             text: t,
             id,
             ts,
+            ..
         } => {
             assert_eq!((r.as_str(), u.as_str(), t.as_str()), (ROOM, user, text));
             (id, ts)
@@ -769,7 +770,10 @@ async fn a_client_churning_rooms_neither_stalls_the_link_nor_leaves_presence_beh
         for room in &rooms {
             send_json(
                 &mut churner,
-                &ClientMessage::RoomJoin { room: room.clone() },
+                &ClientMessage::RoomJoin {
+                    room: room.clone(),
+                    since: None,
+                },
             )
             .await;
         }

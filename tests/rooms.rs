@@ -1045,7 +1045,8 @@ async fn notify_reaches_room_connections_as_notification_messages() {
     assert_eq!(
         next_json(&mut room).await,
         ServerMessage::Notification {
-            data: json!("call me")
+            data: json!("call me"),
+            at: None,
         }
     );
     assert_eq!(next_text(&mut plain).await, "call me");
@@ -1082,7 +1083,7 @@ async fn a_drain_sends_room_clients_system_shutdown() {
     let mut plain = connect(server.addr, "/ws").await;
     server.signal();
     match next_json(&mut room).await {
-        ServerMessage::Shutdown { message } => {
+        ServerMessage::Shutdown { message, .. } => {
             assert!(message.contains("shutting down"), "{message}");
             assert_eq!(message, SHUTDOWN_NOTICE);
         }
@@ -1215,12 +1216,14 @@ async fn the_message_fixtures_decode_and_work_on_a_live_connection() {
     assert_eq!(
         kinds,
         [
+            "broadcast",
             "chat.delivery",
             "notification",
             "presence.join",
             "presence.leave",
             "room.joined",
             "room.left",
+            "stream.position",
             "system.error",
             "system.ping",
             "system.pong",
@@ -1273,7 +1276,7 @@ async fn the_message_fixtures_decode_and_work_on_a_live_connection() {
                         if (room.as_str(), user.as_str(), text.as_str()) == ("test", "u1", "hi")
                 ));
             }
-            ClientMessage::RoomJoin { room } => {
+            ClientMessage::RoomJoin { room, .. } => {
                 let (value, message) = next_raw(&mut ws).await;
                 same_shape(&value);
                 assert_eq!(
@@ -1327,7 +1330,20 @@ async fn the_message_fixtures_decode_and_work_on_a_live_connection() {
     server.signal();
     let (value, message) = next_raw(&mut ws).await;
     same_shape(&value);
-    assert_eq!(message, samples["system.shutdown"]);
+    // The text is the fixture's; the reconnect hint is each client's own.
+    match (message, &samples["system.shutdown"]) {
+        (
+            ServerMessage::Shutdown {
+                message,
+                reconnect_after_ms: Some(hint),
+            },
+            ServerMessage::Shutdown { message: want, .. },
+        ) => {
+            assert_eq!(&message, want);
+            assert!(hint <= Config::default().drain_reconnect_spread.as_millis() as u64);
+        }
+        (other, _) => panic!("expected system.shutdown with a hint, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------- concurrency
@@ -1501,7 +1517,11 @@ async fn a_client_hoarding_rosters_costs_no_more_than_its_socket_buffers() {
         members.push(ws);
     }
     let mut hoarder = RawWs::handshake(server.addr, "/ws/rooms/big?user=hoarder").await;
-    let join = ClientMessage::RoomJoin { room: "big".into() }.encode();
+    let join = ClientMessage::RoomJoin {
+        room: "big".into(),
+        since: None,
+    }
+    .encode();
     // 4000 × ~5 KiB = ~20 MiB of rosters asked for, never read.
     let asking = tokio::spawn(async move {
         for _ in 0..4000 {

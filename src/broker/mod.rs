@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::delivery::Inbound;
+use crate::history::memory::Usage;
+use crate::history::{Budget, Position, Read};
 use crate::hub::Fanout;
+use crate::stream::Stream;
 
 pub use self::memory::MemoryBroker;
 pub use self::redis::RedisBroker;
@@ -46,6 +49,27 @@ pub struct Notified {
     /// 1 when this process holds a connection of the user, else 0.
     pub instances: usize,
     pub reach: Reach,
+}
+
+/// History cannot be written or read right now (Redis unreachable, or
+/// history off): nothing was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("history unavailable: Redis unreachable")]
+pub struct Unavailable;
+
+/// Where an appended message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub position: Position,
+    /// The idempotency key was seen: this is the first publish's position,
+    /// and nothing was sent again.
+    pub duplicate: bool,
+    /// Local connections it was queued for (memory mode; in Redis mode it
+    /// comes back through the subscription, so 0 here).
+    pub local: usize,
+    /// Instances that received it (Redis' PUBLISH count; in memory mode 1
+    /// when a local connection got it).
+    pub instances: usize,
 }
 
 /// Why a broker could not start.
@@ -79,6 +103,56 @@ impl Broker {
         match self {
             Broker::Memory(memory) => memory.publish(message),
             Broker::Redis(redis) => redis.publish(message),
+        }
+    }
+
+    /// Appends `body` to `stream`'s history and delivers it on every
+    /// instance; with an idempotency `key` seen within five minutes, answers
+    /// the first position instead.
+    pub async fn append(
+        &self,
+        stream: &Stream,
+        body: std::sync::Arc<str>,
+        key: Option<&str>,
+    ) -> Result<Appended, Unavailable> {
+        match self {
+            Broker::Memory(memory) => memory.append(stream, body, key),
+            Broker::Redis(redis) => redis.append(stream, &body, key).await.map(|a| Appended {
+                position: a.position,
+                duplicate: a.duplicate,
+                local: 0,
+                instances: a.receivers,
+            }),
+        }
+    }
+
+    /// Reads `stream`'s history after `since` (once the instance receives
+    /// the stream's live messages, so none can fall between the read and
+    /// live delivery).
+    pub async fn read(
+        &self,
+        stream: &Stream,
+        since: Option<&Position>,
+        budget: &mut Budget,
+    ) -> Result<Read, Unavailable> {
+        match self {
+            Broker::Memory(memory) => memory.read(stream, since, budget),
+            Broker::Redis(redis) => redis.read(stream, since, budget).await,
+        }
+    }
+
+    /// Drops expired history (memory mode; Redis expires its own).
+    pub fn sweep_history(&self) {
+        if let Broker::Memory(memory) = self {
+            memory.sweep();
+        }
+    }
+
+    /// What history holds in this process (memory mode).
+    pub fn history_usage(&self) -> Option<Usage> {
+        match self {
+            Broker::Memory(memory) => memory.usage(),
+            Broker::Redis(_) => None,
         }
     }
 

@@ -4,22 +4,28 @@
 //! time. [`handle`] takes any request body, so tests can call it without a
 //! socket. Every handler reaches the server through the [`Node`].
 
+// Handlers return `Result<_, Response>`: the `Err` is the answer to a
+// refused request, built once and sent; boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
+mod poll;
+mod publish;
+mod reader;
 pub mod reply;
+mod sse;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use self::reply::{ResponseBody, error, json, json_ok, unauthorized};
-use crate::limits::{MAX_USER_ID, invalid_room, user_id_fits, user_id_too_long, valid_room};
+use crate::limits::{invalid_room, valid_room};
 use crate::node::{BrokerHealth, Node, Reach, Readiness};
-use crate::protocol::json::ServerMessage;
 use crate::upgrade::{self, Target};
 
 /// The error type request bodies may fail with.
@@ -27,13 +33,24 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The test page served at `/`.
 const PAGE: &str = include_str!("../page.html");
+/// The browser client, served at `/wsnotify.js`.
+const CLIENT_JS: &str = include_str!("../../clients/wsnotify.js");
+/// Its TypeScript types, at `/wsnotify.d.ts`.
+const CLIENT_TYPES: &str = include_str!("../../clients/wsnotify.d.ts");
+/// The protocol version the client speaks, sent with it.
+pub const PROTOCOL_VERSION: &str = "1";
 
 /// The routes, by path.
 #[derive(Debug, PartialEq, Eq)]
 enum Route<'a> {
     Page,
+    ClientJs,
+    ClientTypes,
     Ws(Option<&'a str>),
     WsRoom(&'a str),
+    WsNotifications,
+    Poll,
+    Sse,
     Broadcast,
     Notify(&'a str),
     RoomPublish(&'a str),
@@ -54,7 +71,12 @@ impl<'a> Route<'a> {
     fn parse(path: &'a str) -> Option<Self> {
         Some(match path {
             "/" => Route::Page,
+            "/wsnotify.js" => Route::ClientJs,
+            "/wsnotify.d.ts" => Route::ClientTypes,
             "/ws" => Route::Ws(None),
+            "/ws/notifications" => Route::WsNotifications,
+            "/poll" => Route::Poll,
+            "/sse" => Route::Sse,
             "/broadcast" => Route::Broadcast,
             "/connections" => Route::Connections,
             "/health" => Route::Health,
@@ -91,6 +113,11 @@ impl<'a> Route<'a> {
     fn allow(&self) -> &'static str {
         if self.publishes() { "POST" } else { "GET" }
     }
+
+    /// Routes that need history, missing with `HISTORY_SIZE=0`.
+    fn reads_history(&self) -> bool {
+        matches!(self, Route::Poll | Route::Sse)
+    }
 }
 
 /// Answers one request.
@@ -102,6 +129,15 @@ where
     let Some(route) = Route::parse(req.uri().path()) else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
+    if route.reads_history() && !node.history_enabled() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not found: /poll and /sse need history (HISTORY_SIZE > 0)",
+        );
+    }
+    if req.method() == Method::OPTIONS && route.reads_history() {
+        return reader::preflight(&node, &req);
+    }
     // HEAD is GET without the body (hyper leaves the body out).
     let head_of_get = req.method() == Method::HEAD && route.allow() == "GET";
     if req.method() != route.allow() && !head_of_get {
@@ -119,22 +155,27 @@ where
     }
     match route {
         Route::Page => page(),
+        Route::ClientJs => client_file("text/javascript; charset=utf-8", CLIENT_JS),
+        Route::ClientTypes => client_file("text/plain; charset=utf-8", CLIENT_TYPES),
+        Route::WsNotifications => upgrade::websocket(&node, req, Target::Json(None)),
+        Route::Poll => poll::poll(&node, req).await,
+        Route::Sse => sse::sse(&node, req),
         Route::Ws(client_id) => {
             let client_id = client_id.map(str::to_owned);
             upgrade::websocket(&node, req, Target::Text(client_id))
         }
         Route::WsRoom(room) => {
             let room = room.to_owned();
-            upgrade::websocket(&node, req, Target::Json(room))
+            upgrade::websocket(&node, req, Target::Json(Some(room)))
         }
-        Route::Broadcast => broadcast(&node, req).await,
+        Route::Broadcast => publish::broadcast(&node, req).await,
         Route::Notify(user) => {
             let user = user.to_owned();
-            notify(&node, &user, req).await
+            publish::notify(&node, &user, req).await
         }
         Route::RoomPublish(room) => {
             let room = room.to_owned();
-            publish_room(&node, &room, req).await
+            publish::publish_room(&node, &room, req).await
         }
         Route::RoomPresence(room) => {
             let room = room.to_owned();
@@ -157,95 +198,21 @@ fn page() -> Response<ResponseBody> {
     )
 }
 
-async fn broadcast<B>(node: &Node, req: Request<B>) -> Response<ResponseBody>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    match message(node, req).await {
-        Ok(text) => {
-            let fanout = node.broadcast(&text);
-            tracing::debug!(local_recipients = fanout.queued, "broadcast over HTTP");
-            json_ok(json!({ "status": "Message broadcasted" }))
-        }
-        Err(res) => res,
-    }
-}
-
-async fn notify<B>(node: &Node, user: &str, req: Request<B>) -> Response<ResponseBody>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    if !user_id_fits(user) {
-        return error(StatusCode::BAD_REQUEST, &user_id_too_long("user_id"));
-    }
-    match message(node, req).await {
-        Ok(text) => {
-            let notified = node.notify(user, &text).await;
-            let mut body =
-                json!({ "status": "Notification sent", "instances": notified.instances });
-            if notified.reach == Reach::ThisInstance {
-                body["broker"] = json!("degraded: delivered to this instance's clients only");
-            }
-            json_ok(body)
-        }
-        Err(res) => res,
-    }
-}
-
-/// `POST /rooms/{room}/publish` with `{"text": "...", "user": "..."}`: a
-/// `chat.delivery` to every member of the room on every instance. `user`
-/// names the sender and defaults to `server`; `message` is accepted for
-/// `text`, as in `/broadcast`.
-async fn publish_room<B>(node: &Node, room: &str, req: Request<B>) -> Response<ResponseBody>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    if let Some(res) = bad_room(room) {
-        return res;
-    }
-    let mut fields = match object(node, req).await {
-        Ok(fields) => fields,
-        Err(res) => return res,
-    };
-    let text = match fields.remove("text").or_else(|| fields.remove("message")) {
-        Some(Value::String(text)) if !text.is_empty() => text,
-        None | Some(Value::Null) | Some(Value::String(_)) => {
-            return error(StatusCode::BAD_REQUEST, "No text provided");
-        }
-        Some(_) => return error(StatusCode::BAD_REQUEST, "\"text\" must be a string"),
-    };
-    let chars = text.chars().count();
-    let limit = node.config().max_text_length;
-    if chars > limit {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("\"text\" has {chars} characters; the limit is {limit}"),
-        );
-    }
-    let user = match fields.remove("user") {
-        None | Some(Value::Null) => "server".to_owned(),
-        Some(Value::String(user)) if !user.is_empty() && user_id_fits(&user) => user,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("\"user\" must be a string of 1 to {MAX_USER_ID} bytes"),
-            );
-        }
-    };
-    let (delivery, fanout) = node.say(room, &user, &text);
-    let ServerMessage::Delivery { id, ts, .. } = delivery else {
-        unreachable!("delivery() builds a Delivery")
-    };
-    json_ok(json!({
-        "status": "Message published",
-        "room": room,
-        "id": id,
-        "ts": ts,
-        "local_recipients": fanout.queued,
-    }))
+/// The client library or its types, versioned with the protocol.
+fn client_file(content_type: &'static str, text: &'static str) -> Response<ResponseBody> {
+    let mut res = reply::body(content_type, Bytes::from_static(text.as_bytes()));
+    let headers = res.headers_mut();
+    headers.insert(
+        "x-wsnotify-protocol",
+        HeaderValue::from_static(PROTOCOL_VERSION),
+    );
+    // Revalidated on every load, so an upgraded server serves its own client.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    res
 }
 
 /// `GET /rooms/{room}/presence`: the room's users on every instance.
@@ -265,80 +232,6 @@ async fn presence(node: &Node, room: &str) -> Response<ResponseBody> {
 /// 400 for a room name that breaks the naming rule.
 fn bad_room(room: &str) -> Option<Response<ResponseBody>> {
     (!valid_room(room)).then(|| error(StatusCode::BAD_REQUEST, &invalid_room()))
-}
-
-/// The JSON object of a request body, or the answer explaining what is
-/// wrong with the body.
-async fn object<B>(
-    node: &Node,
-    req: Request<B>,
-) -> Result<Map<String, Value>, Response<ResponseBody>>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let body = read_body(req, node.config().max_message_size).await?;
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "expected a JSON object like {\"message\": \"...\"}",
-        )),
-        Err(err) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("Invalid JSON: {err}"),
-        )),
-    }
-}
-
-/// The non-empty `message` string of a `{"message": ...}` body, or the
-/// answer explaining what is wrong with the body.
-async fn message<B>(node: &Node, req: Request<B>) -> Result<String, Response<ResponseBody>>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let message = object(node, req).await?.remove("message");
-    match message {
-        Some(Value::String(text)) if !text.is_empty() => Ok(text),
-        None | Some(Value::Null) | Some(Value::String(_)) => {
-            Err(error(StatusCode::BAD_REQUEST, "No message provided"))
-        }
-        Some(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "\"message\" must be a string",
-        )),
-    }
-}
-
-/// Reads a body of at most `limit` bytes, or answers 413/400.
-async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, Response<ResponseBody>>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body larger than {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(err) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("could not read the body: {err}"),
-        )),
-    }
 }
 
 fn health(node: &Node) -> Response<ResponseBody> {
@@ -361,12 +254,26 @@ fn health(node: &Node) -> Response<ResponseBody> {
             "down_for_s": down_for.map(|d| d.as_secs_f64()),
         }),
     };
+    let settings = health.history.settings;
+    let mut history = json!({
+        "enabled": settings.enabled(),
+        "available": health.history.available,
+        "size": settings.size,
+        "ttl_s": settings.ttl.as_secs_f64(),
+        "max_bytes": settings.max_bytes,
+    });
+    if let Some(usage) = health.history.usage {
+        history["streams"] = json!(usage.streams);
+        history["entries"] = json!(usage.entries);
+        history["bytes"] = json!(usage.bytes);
+    }
     json_ok(json!({
         "status": "healthy",
         "active_connections": health.connections,
         "shutdown_in_progress": health.draining,
         "timestamp": timestamp,
         "broker": broker,
+        "history": history,
     }))
 }
 
@@ -385,7 +292,7 @@ fn ready(node: &Node) -> Response<ResponseBody> {
 fn metrics(node: &Node) -> Response<ResponseBody> {
     reply::body(
         "text/plain; version=0.0.4; charset=utf-8",
-        Bytes::from(node.metrics().render()),
+        Bytes::from(node.render_metrics()),
     )
 }
 
@@ -393,7 +300,8 @@ fn metrics(node: &Node) -> Response<ResponseBody> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use http_body_util::Full;
+    use http_body_util::{BodyExt, Full};
+    use serde_json::Value;
 
     async fn call(app: &Arc<Node>, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
         let req = Request::builder()

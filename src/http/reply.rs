@@ -1,22 +1,39 @@
 //! The response builders every route answers with: JSON bodies, the
-//! `{"error": …}` shape, 401 with its challenge, `Retry-After`. A leaf, so
-//! the upgrade path builds its refusals without the router.
+//! `{"error": …}` shape, 401 with its challenge, 503 with `Retry-After`,
+//! and the refusal of a request `Auth::admit` turned down. The upgrade path
+//! builds its refusals with these, without the router.
+
+use std::convert::Infallible;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-/// The response body type of every route.
-pub type ResponseBody = Full<Bytes>;
+use crate::auth::Refusal;
+
+/// The response body type of every route: a whole body, or a stream
+/// (`/sse`).
+pub type ResponseBody = BoxBody<Bytes, Infallible>;
 
 /// `Retry-After` sent with a refused upgrade during a drain, in seconds.
 const RETRY_AFTER_SECS: &str = "5";
 
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// No body.
+pub fn empty() -> ResponseBody {
+    Empty::new().boxed()
+}
+
 /// A JSON response with `status`.
 pub fn json(status: StatusCode, value: Value) -> Response<ResponseBody> {
-    let mut res = Response::new(Full::new(Bytes::from(value.to_string())));
+    let mut res = Response::new(full(value.to_string()));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -54,9 +71,19 @@ pub fn unavailable(message: &str) -> Response<ResponseBody> {
     res
 }
 
+/// The answer to a request refused by [`Auth::admit`](crate::auth::Auth::admit):
+/// 401 for the token, 403 for who the client is.
+pub fn refusal(refusal: &Refusal) -> Response<ResponseBody> {
+    tracing::debug!(reason = %refusal, "request refused");
+    match refusal.status() {
+        StatusCode::UNAUTHORIZED => unauthorized(&refusal.to_string()),
+        status => error(status, &refusal.to_string()),
+    }
+}
+
 /// A body of `bytes` with `content_type`.
 pub fn body(content_type: &'static str, bytes: Bytes) -> Response<ResponseBody> {
-    let mut res = Response::new(Full::new(bytes));
+    let mut res = Response::new(full(bytes));
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res

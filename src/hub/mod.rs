@@ -12,6 +12,7 @@
 //! room) while it holds the lock of the shard that changed, so changes of
 //! one user or room reach the broker in the order they happened.
 
+mod fanout;
 mod rooms;
 
 use std::collections::HashMap;
@@ -25,8 +26,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Push};
+use crate::outbox::Outbox;
 use crate::protocol::{Close, Dialect};
+
+pub use self::fanout::{Fanout, Rendered};
 use crate::stream::Stream;
 
 /// Number of registry shards. A power of two well above the core count keeps
@@ -54,6 +57,17 @@ impl Audience {
     }
 }
 
+/// What a registration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A WebSocket client: counted, present in its rooms, swept when idle.
+    Client,
+    /// A reader of streams over HTTP (a long-poll, an SSE stream): it gets
+    /// its user's, its rooms' and the broadcast stream's messages, and
+    /// nothing else about it shows (no count, no presence, no idle sweep).
+    Waiter,
+}
+
 /// One registered connection.
 #[derive(Debug, Clone)]
 struct Conn {
@@ -61,6 +75,7 @@ struct Conn {
     user: Arc<str>,
     outbox: Arc<Outbox>,
     dialect: Dialect,
+    role: Role,
 }
 
 /// One shard of the user index: each user's local connections.
@@ -114,15 +129,6 @@ pub struct Hub {
     epoch: Instant,
 }
 
-/// What a fan-out did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Fanout {
-    /// Connections the frame was queued for.
-    pub queued: usize,
-    /// Connections disconnected by this fan-out because their queue was full.
-    pub overflowed: usize,
-}
-
 /// Keeps a connection registered; dropping it unregisters the connection
 /// and takes it out of every room it joined.
 #[derive(Debug)]
@@ -132,6 +138,7 @@ pub struct Registration {
     user: Arc<str>,
     outbox: Arc<Outbox>,
     dialect: Dialect,
+    role: Role,
     rooms: Vec<Arc<str>>,
 }
 
@@ -172,13 +179,21 @@ impl Registration {
     /// again, and the answer is `false`.
     pub fn join(&mut self, room: &str, remote: &[String]) -> bool {
         if self.is_in(room) {
-            self.hub
-                .resend_roster(room, &self.user, &self.outbox, remote);
+            if self.role == Role::Client {
+                self.hub
+                    .resend_roster(room, &self.user, &self.outbox, remote);
+            }
             return false;
         }
         let room: Arc<str> = room.into();
-        self.hub
-            .add_to_room(room.clone(), self.id, &self.user, &self.outbox, remote);
+        self.hub.add_to_room(
+            room.clone(),
+            self.id,
+            &self.user,
+            &self.outbox,
+            self.role,
+            remote,
+        );
         self.rooms.push(room);
         true
     }
@@ -189,7 +204,8 @@ impl Registration {
             return false;
         };
         let room = self.rooms.remove(at);
-        self.hub.remove_from_room(room, self.id, &self.user);
+        self.hub
+            .remove_from_room(room, self.id, &self.user, self.role);
         true
     }
 }
@@ -198,7 +214,8 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.outbox.close();
         for room in std::mem::take(&mut self.rooms) {
-            self.hub.remove_from_room(room, self.id, &self.user);
+            self.hub
+                .remove_from_room(room, self.id, &self.user, self.role);
         }
         self.hub.remove(self.id);
     }
@@ -245,7 +262,14 @@ impl Hub {
         if let Some(greeting) = greeting {
             outbox.push(greeting);
         }
-        self.enlist(id, dialect, user, outbox, Vec::new())
+        self.enlist(id, dialect, Role::Client, user, outbox, Vec::new())
+    }
+
+    /// Registers a [`Role::Waiter`] of `user`: it follows the user's
+    /// stream and `broadcast` at once, and rooms it is made to join.
+    pub fn register_waiter(self: &Arc<Self>, user: Arc<str>) -> Registration {
+        let (id, outbox) = self.new_outbox();
+        self.enlist(id, Dialect::Json, Role::Waiter, user, outbox, Vec::new())
     }
 
     /// Registers a JSON connection of `user` that starts in `room`; its
@@ -258,8 +282,8 @@ impl Hub {
     ) -> Registration {
         let (id, outbox) = self.new_outbox();
         let room: Arc<str> = room.into();
-        self.add_to_room(room.clone(), id, &user, &outbox, remote);
-        self.enlist(id, Dialect::Json, user, outbox, vec![room])
+        self.add_to_room(room.clone(), id, &user, &outbox, Role::Client, remote);
+        self.enlist(id, Dialect::Json, Role::Client, user, outbox, vec![room])
     }
 
     fn new_outbox(&self) -> (ConnId, Arc<Outbox>) {
@@ -274,6 +298,7 @@ impl Hub {
         self: &Arc<Self>,
         id: ConnId,
         dialect: Dialect,
+        role: Role,
         user: Arc<str>,
         outbox: Arc<Outbox>,
         rooms: Vec<Arc<str>>,
@@ -282,17 +307,21 @@ impl Hub {
             user: user.clone(),
             outbox: outbox.clone(),
             dialect,
+            role,
         };
         write(&self.shards[shard(id)]).insert(id, conn);
         self.add_to_user(user.clone(), id, outbox.clone(), dialect);
-        let now = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.connection_opened(now);
+        if role == Role::Client {
+            let now = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+            self.metrics.connection_opened(now);
+        }
         Registration {
             hub: self.clone(),
             id,
             user,
             outbox,
             dialect,
+            role,
             rooms,
         }
     }
@@ -302,8 +331,10 @@ impl Hub {
             return;
         };
         self.remove_from_user(conn.user, id);
-        let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.metrics.connection_closed(now);
+        if conn.role == Role::Client {
+            let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
+            self.metrics.connection_closed(now);
+        }
     }
 
     fn user_shard(&self, user: &str) -> &RwLock<UserShard> {
@@ -333,15 +364,6 @@ impl Hub {
         }
     }
 
-    /// Runs one fan-out and records its time and overflows in the metrics.
-    fn timed(&self, fan_out: impl FnOnce(&mut Fanout)) -> Fanout {
-        let started = std::time::Instant::now();
-        let mut fanout = Fanout::default();
-        fan_out(&mut fanout);
-        self.metrics.fanout(started.elapsed(), fanout.overflowed);
-        fanout
-    }
-
     fn tell(&self, change: Change) {
         if let Some(watcher) = &self.watcher {
             // Closed only when the broker has stopped, at exit: nothing to tell.
@@ -360,7 +382,7 @@ impl Hub {
         let cutoff = self.now_ms().saturating_sub(idle.as_millis() as u64);
         let mut killed = 0;
         for shard in self.shards.iter() {
-            for conn in read(shard).values() {
+            for conn in read(shard).values().filter(|c| c.role == Role::Client) {
                 if conn.outbox.last_seen_ms() < cutoff && conn.outbox.kill(Close::IdleTimeout) {
                     killed += 1;
                 }
@@ -377,7 +399,7 @@ impl Hub {
             .collect()
     }
 
-    /// Connections registered right now.
+    /// Client connections registered right now (waiters not counted).
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
@@ -385,63 +407,6 @@ impl Hub {
     /// Whether no connection is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Queues `frame` for every connection in `audience` but `except`.
-    pub fn send_to_audience(
-        &self,
-        audience: Audience,
-        frame: &Bytes,
-        except: Option<ConnId>,
-    ) -> Fanout {
-        self.timed(|fanout| {
-            for shard in self.shards.iter() {
-                let conns = read(shard);
-                let wanted = conns
-                    .iter()
-                    .filter(|(id, conn)| Some(**id) != except && audience.includes(conn.dialect));
-                for (&id, conn) in wanted {
-                    fanout.record(conn.outbox.push(frame.clone()), id, &conn.user);
-                }
-            }
-        })
-    }
-
-    /// Queues a notification for every connection of `user`: `text` for
-    /// plain-text connections, `json` for JSON ones.
-    pub fn send_to_user(&self, user: &str, text: &Bytes, json: &Bytes) -> Fanout {
-        self.timed(|fanout| {
-            let users = read(self.user_shard(user));
-            let Some(conns) = users.get(user) else {
-                return;
-            };
-            for (id, outbox, dialect) in conns {
-                let frame = match dialect {
-                    Dialect::Text => text,
-                    Dialect::Json => json,
-                };
-                fanout.record(outbox.push(frame.clone()), *id, user);
-            }
-        })
-    }
-}
-
-impl Fanout {
-    /// Counts one push; `to` names the fan-out's target (a user, a room)
-    /// for the log.
-    fn record(&mut self, push: Push, id: ConnId, to: &str) {
-        match push {
-            Push::Queued => self.queued += 1,
-            Push::Overflowed => {
-                self.overflowed += 1;
-                tracing::warn!(
-                    conn = id,
-                    to,
-                    "slow consumer: outbound queue full, disconnecting"
-                );
-            }
-            Push::Closed => {}
-        }
     }
 }
 
@@ -464,6 +429,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
+    use crate::outbox::Item;
     use crate::protocol::{self, json::ServerMessage};
 
     fn bounds(frames: usize) -> QueueBounds {
@@ -483,14 +449,24 @@ mod tests {
 
     /// The two renderings of a notification `text`.
     fn notify(hub: &Hub, user: &str, text: &str) -> Fanout {
-        let json = ServerMessage::notification(text).frame();
-        hub.send_to_user(user, &protocol::text_frame(text), &json)
+        let json = Item::Frame(ServerMessage::notification(text).frame());
+        let plain = Item::Frame(protocol::text_frame(text));
+        let rendered = Rendered {
+            text: Some(&plain),
+            json: Some(&json),
+        };
+        hub.send_to_user(user, rendered)
     }
 
     fn drained(reg: &Registration) -> VecDeque<Bytes> {
         let mut out = VecDeque::new();
         reg.outbox().drain_into(&mut out);
-        out
+        out.into_iter()
+            .map(|item| match item {
+                Item::Frame(frame) => frame,
+                Item::Record(record) => record.frame.clone(),
+            })
+            .collect()
     }
 
     #[test]
@@ -609,7 +585,7 @@ mod tests {
         assert!(heard[0].contains(r#""type":"presence.join","room":"r","user":"b""#));
         assert_eq!(hub.room_users("r"), ["a", "b"]);
 
-        let fanout = hub.send_to_room("r", &protocol::text_frame("x"), Some(a.id()));
+        let fanout = hub.send_to_room("r", &protocol::text_frame("x").into(), Some(a.id()));
         assert_eq!(fanout.queued, 2);
         drained(&b);
         drained(&b2);

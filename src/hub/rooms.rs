@@ -12,16 +12,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Change, ConnId, Fanout, Hub, SHARDS, read, write};
-use crate::outbox::Outbox;
+use super::{Change, ConnId, Fanout, Hub, Role, SHARDS, read, write};
+use crate::outbox::{Item, Outbox};
 use crate::protocol::json::{ServerMessage, now_ms};
 use crate::stream::Stream;
 
 /// One room's local members.
 #[derive(Debug, Default)]
 pub(super) struct Room {
+    /// Every connection in the room, waiters included.
     conns: Vec<(ConnId, Arc<Outbox>, Arc<str>)>,
-    /// Local connections in the room per user.
+    /// Local client connections in the room per user: presence.
     users: HashMap<Arc<str>, usize>,
 }
 
@@ -48,14 +49,20 @@ impl Hub {
         id: ConnId,
         user: &Arc<str>,
         outbox: &Arc<Outbox>,
+        role: Role,
         remote: &[String],
     ) {
         let mut rooms = write(self.room_shard(&room));
         let entry = rooms.entry(room.clone()).or_default();
-        outbox.push(roster(&room, entry, Some(user), remote));
+        if role == Role::Client {
+            outbox.push(roster(&room, entry, Some(user), remote));
+        }
         entry.conns.push((id, outbox.clone(), user.clone()));
         if entry.conns.len() == 1 {
             self.tell(Change::Follow(Stream::Room(room.clone())));
+        }
+        if role == Role::Waiter {
+            return;
         }
         let count = entry.users.entry(user.clone()).or_default();
         *count += 1;
@@ -72,17 +79,21 @@ impl Hub {
                 user: user.to_string(),
                 ts: now_ms(),
             };
-            self.push_to_members(&room, entry, &event.frame(), Skip::User(user));
+            self.push_to_members(&room, entry, &event.frame().into(), Skip::User(user));
         }
     }
 
-    pub(super) fn remove_from_room(&self, room: Arc<str>, id: ConnId, user: &Arc<str>) {
+    pub(super) fn remove_from_room(&self, room: Arc<str>, id: ConnId, user: &Arc<str>, role: Role) {
         let mut rooms = write(self.room_shard(&room));
         let Some(entry) = rooms.get_mut(&room) else {
             return;
         };
         entry.conns.retain(|(conn, _, _)| *conn != id);
-        match entry.users.get_mut(user) {
+        let presence = match role {
+            Role::Client => entry.users.get_mut(user),
+            Role::Waiter => None,
+        };
+        match presence {
             Some(count) if *count > 1 => *count -= 1,
             Some(_) => {
                 entry.users.remove(user);
@@ -96,7 +107,7 @@ impl Hub {
                         user: user.to_string(),
                         ts: now_ms(),
                     };
-                    self.push_to_members(&room, entry, &event.frame(), Skip::User(user));
+                    self.push_to_members(&room, entry, &event.frame().into(), Skip::User(user));
                 }
             }
             None => {}
@@ -121,7 +132,7 @@ impl Hub {
         match read(self.room_shard(room)).get(room) {
             Some(entry) => {
                 let frame = roster(room, entry, None, remote);
-                self.push_to_members(room, entry, &frame, Skip::Nobody)
+                self.push_to_members(room, entry, &frame.into(), Skip::Nobody)
             }
             None => Fanout::default(),
         }
@@ -160,25 +171,34 @@ impl Hub {
             .collect()
     }
 
-    /// Queues `frame` for every local member of `room` but `except`.
-    pub fn send_to_room(&self, room: &str, frame: &Bytes, except: Option<ConnId>) -> Fanout {
+    /// Queues `item` for every local member of `room` but `except`.
+    pub fn send_to_room(&self, room: &str, item: &Item, except: Option<ConnId>) -> Fanout {
         let skip = except.map_or(Skip::Nobody, Skip::Conn);
         match read(self.room_shard(room)).get(room) {
-            Some(entry) => self.push_to_members(room, entry, frame, skip),
+            Some(entry) => self.push_to_members(room, entry, item, skip),
             None => Fanout::default(),
         }
+    }
+
+    /// The outboxes of every local member of `room`.
+    pub(super) fn room_outboxes(&self, room: &str) -> Vec<Arc<Outbox>> {
+        read(self.room_shard(room))
+            .get(room)
+            .map(|entry| entry.conns.iter().map(|(_, o, _)| o.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Queues the presence event `frame` about `user` for every local member
     /// of `room` but `user`'s own connections: nobody hears of themselves.
     pub fn send_presence(&self, room: &str, frame: &Bytes, user: &str) -> Fanout {
+        let item = Item::Frame(frame.clone());
         match read(self.room_shard(room)).get(room) {
-            Some(entry) => self.push_to_members(room, entry, frame, Skip::User(user)),
+            Some(entry) => self.push_to_members(room, entry, &item, Skip::User(user)),
             None => Fanout::default(),
         }
     }
 
-    fn push_to_members(&self, room: &str, entry: &Room, frame: &Bytes, skip: Skip<'_>) -> Fanout {
+    fn push_to_members(&self, room: &str, entry: &Room, item: &Item, skip: Skip<'_>) -> Fanout {
         self.timed(|fanout| {
             let members = entry.conns.iter().filter(|(id, _, user)| match skip {
                 Skip::Nobody => true,
@@ -186,7 +206,7 @@ impl Hub {
                 Skip::User(except) => &**user != except,
             });
             for (id, outbox, _) in members {
-                fanout.record(outbox.push(frame.clone()), *id, room);
+                fanout.record(outbox.push(item.clone()), *id, room);
             }
         })
     }

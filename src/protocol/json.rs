@@ -31,9 +31,14 @@ pub enum ClientMessage {
     /// every member of `room` (one the connection is in).
     #[serde(rename = "chat.message")]
     ChatMessage { room: String, text: String },
-    /// `{"type":"room.join","room":"r"}`: also receive `r`'s messages.
+    /// `{"type":"room.join","room":"r"}`: also receive `r`'s messages;
+    /// `since` (a `since` value naming `room:r`) resumes its history.
     #[serde(rename = "room.join")]
-    RoomJoin { room: String },
+    RoomJoin {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+    },
     /// `{"type":"room.leave","room":"r"}`: stop receiving `r`'s messages.
     #[serde(rename = "room.leave")]
     RoomLeave { room: String },
@@ -74,11 +79,19 @@ pub enum ErrorCode {
     NotInRoom,
     /// `room.join` beyond the per-connection room limit.
     TooManyRooms,
+    /// A `since` value that does not follow the grammar.
+    InvalidCursor,
+    /// A `since` position for a stream this connection may not read
+    /// (another user's, or another room than the one joined).
+    ForbiddenStream,
+    /// The message could not be published now (history on and Redis
+    /// unreachable): nothing was sent; send it again later.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and tests.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownType,
         ErrorCode::MissingField,
@@ -87,6 +100,9 @@ impl ErrorCode {
         ErrorCode::InvalidRoom,
         ErrorCode::NotInRoom,
         ErrorCode::TooManyRooms,
+        ErrorCode::InvalidCursor,
+        ErrorCode::ForbiddenStream,
+        ErrorCode::Unavailable,
     ];
 
     /// The code as it appears on the wire.
@@ -100,6 +116,9 @@ impl ErrorCode {
             ErrorCode::InvalidRoom => "invalid_room",
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::InvalidCursor => "invalid_cursor",
+            ErrorCode::ForbiddenStream => "forbidden_stream",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -172,6 +191,7 @@ impl ClientMessage {
             }
             "room.join" => Ok(ClientMessage::RoomJoin {
                 room: room(&fields)?,
+                since: optional_string(&fields, "since")?,
             }),
             "room.leave" => Ok(ClientMessage::RoomLeave {
                 room: room(&fields)?,
@@ -201,6 +221,21 @@ fn string<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a str, Pro
             ErrorCode::MissingField,
             format!("missing field \"{name}\""),
         )),
+        Some(_) => Err(ProtocolError::new(
+            ErrorCode::InvalidField,
+            format!("\"{name}\" must be a string"),
+        )),
+    }
+}
+
+/// The string field `name`, optional.
+fn optional_string(
+    fields: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<String>, ProtocolError> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ProtocolError::new(
             ErrorCode::InvalidField,
             format!("\"{name}\" must be a string"),
@@ -242,7 +277,61 @@ fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// A message the server sends on a room connection.
+/// Where a message stands in its stream: the fields every delivery of a
+/// stream carries while history is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// `user:{id}`, `room:{name}` or `broadcast`.
+    pub stream: String,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// Why a stream could not be resumed (`recovered: false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The stream's history was lost since your position was given (a
+    /// restart in memory mode, Redis lost its data or rolled back, the
+    /// stream's metadata expired), or the position had no epoch.
+    EpochChanged,
+    /// A message after your position is no longer kept (beyond
+    /// `HISTORY_SIZE`, older than `HISTORY_TTL`, or evicted under
+    /// `HISTORY_MAX_BYTES`).
+    TooOld,
+    /// The messages you missed would not fit in one answer (the connection's
+    /// outbound queue).
+    Limit,
+    /// History cannot be read right now (Redis unreachable); your position
+    /// stands and nothing was replayed.
+    Unavailable,
+    /// The position could not be read at all (a garbage `Last-Event-ID`).
+    InvalidCursor,
+}
+
+impl Reason {
+    /// Every reason, for documentation checks and metrics.
+    pub const ALL: [Reason; 5] = [
+        Reason::EpochChanged,
+        Reason::TooOld,
+        Reason::Limit,
+        Reason::Unavailable,
+        Reason::InvalidCursor,
+    ];
+
+    /// The reason as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::EpochChanged => "epoch_changed",
+            Reason::TooOld => "too_old",
+            Reason::Limit => "limit",
+            Reason::Unavailable => "unavailable",
+            Reason::InvalidCursor => "invalid_cursor",
+        }
+    }
+}
+
+/// A message the server sends on a JSON connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum ServerMessage {
@@ -255,6 +344,8 @@ pub enum ServerMessage {
         text: String,
         id: String,
         ts: u64,
+        #[serde(flatten)]
+        at: Option<StreamPosition>,
     },
     /// The connection is now in `room`; `users` are the room's members
     /// online at that moment (this user included).
@@ -274,7 +365,32 @@ pub enum ServerMessage {
     /// `PUBLISH notifications:{user}`): `data` is the published payload,
     /// parsed when it is JSON, else the text.
     #[serde(rename = "notification")]
-    Notification { data: Value },
+    Notification {
+        data: Value,
+        #[serde(flatten)]
+        at: Option<StreamPosition>,
+    },
+    /// A `POST /broadcast` (`data` as for `notification`).
+    #[serde(rename = "broadcast")]
+    Broadcast {
+        data: Value,
+        #[serde(flatten)]
+        at: Option<StreamPosition>,
+    },
+    /// Where a stream stands as this connection starts following it: live
+    /// messages follow `offset`. After a resume, `recovered` says whether the
+    /// messages after the client's position follow (then exactly those come
+    /// next) or could not be (`reason`; nothing is replayed).
+    #[serde(rename = "stream.position")]
+    Position {
+        stream: String,
+        epoch: String,
+        offset: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Reason>,
+    },
     /// The heartbeat, every `HEARTBEAT_INTERVAL`.
     #[serde(rename = "system.ping")]
     Ping { ts: u64 },
@@ -287,7 +403,13 @@ pub enum ServerMessage {
     /// The server is draining: finish up and reconnect later, possibly to
     /// another instance.
     #[serde(rename = "system.shutdown")]
-    Shutdown { message: String },
+    Shutdown {
+        message: String,
+        /// When to reconnect, drawn per client across
+        /// `DRAIN_RECONNECT_SPREAD`, so leaving clients spread out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reconnect_after_ms: Option<u64>,
+    },
 }
 
 impl ServerMessage {
@@ -299,13 +421,46 @@ impl ServerMessage {
             text: text.to_owned(),
             id: uuid::Uuid::new_v4().to_string(),
             ts: now_ms(),
+            at: None,
         }
     }
 
     /// The `notification` carrying a published `payload`.
     pub fn notification(payload: &str) -> Self {
-        let data = serde_json::from_str(payload).unwrap_or_else(|_| Value::from(payload));
-        ServerMessage::Notification { data }
+        ServerMessage::Notification {
+            data: data(payload),
+            at: None,
+        }
+    }
+
+    /// The `broadcast` carrying a published `payload`.
+    pub fn broadcast(payload: &str) -> Self {
+        ServerMessage::Broadcast {
+            data: data(payload),
+            at: None,
+        }
+    }
+
+    /// This message placed in its stream (`chat.delivery`, `notification`
+    /// and `broadcast`; others are returned as they are).
+    pub fn placed(mut self, position: StreamPosition) -> Self {
+        match &mut self {
+            ServerMessage::Delivery { at, .. }
+            | ServerMessage::Notification { at, .. }
+            | ServerMessage::Broadcast { at, .. } => *at = Some(position),
+            _ => {}
+        }
+        self
+    }
+
+    /// Where this message stands in its stream, if it carries a position.
+    pub fn at(&self) -> Option<&StreamPosition> {
+        match self {
+            ServerMessage::Delivery { at, .. }
+            | ServerMessage::Notification { at, .. }
+            | ServerMessage::Broadcast { at, .. } => at.as_ref(),
+            _ => None,
+        }
     }
 
     /// The message's JSON text.
@@ -322,6 +477,11 @@ impl ServerMessage {
     pub fn frame(&self) -> bytes::Bytes {
         super::text_frame(&self.encode())
     }
+}
+
+/// A published payload as `data`: parsed when it is JSON, else the text.
+fn data(payload: &str) -> Value {
+    serde_json::from_str(payload).unwrap_or_else(|_| Value::from(payload))
 }
 
 #[cfg(test)]
@@ -405,13 +565,15 @@ mod tests {
         assert_eq!(
             ServerMessage::notification(r#"{"order":1}"#),
             ServerMessage::Notification {
-                data: serde_json::json!({"order": 1})
+                data: serde_json::json!({"order": 1}),
+                at: None,
             }
         );
         assert_eq!(
             ServerMessage::notification("plain"),
             ServerMessage::Notification {
-                data: Value::from("plain")
+                data: Value::from("plain"),
+                at: None,
             }
         );
     }

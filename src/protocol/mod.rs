@@ -50,9 +50,15 @@ pub enum Close {
     /// 4000: the client sent no frame (not even a pong) for `IDLE_TIMEOUT`.
     /// Reconnect: yes; answer pings to stay connected.
     IdleTimeout,
-    /// 4008: the client read too slowly and its outbound queue overflowed.
-    /// Reconnect: yes; messages queued for it were dropped.
+    /// 4008: the client read too slowly and its outbound queue overflowed
+    /// (or too many messages waited for it during a resume). Reconnect: yes;
+    /// messages queued for it were dropped, so resume with `since`.
     SlowConsumer,
+    /// 4010: a message of a stream this connection follows was not the
+    /// next one (it missed something: the instance lost its link to Redis,
+    /// or the stream's history went back). Reconnect: at once, resuming
+    /// with `since`.
+    InsufficientState,
 }
 
 impl Close {
@@ -68,6 +74,7 @@ impl Close {
             Close::TooBig => 1009,
             Close::IdleTimeout => 4000,
             Close::SlowConsumer => 4008,
+            Close::InsufficientState => 4010,
         }
     }
 
@@ -84,6 +91,7 @@ impl Close {
             Close::TooBig => "message too big",
             Close::IdleTimeout => "idle timeout: no frame from the client",
             Close::SlowConsumer => "slow consumer: outbound queue full",
+            Close::InsufficientState => "insufficient state: reconnect and resume",
         }
     }
 

@@ -58,13 +58,10 @@ impl TestServer {
         }
     }
 
-    /// A server with the periodic notifier off, so tests see only their own traffic.
+    /// A server with the periodic notifier off, so tests see only their own
+    /// traffic, and history off (see [`quiet_config`]).
     pub async fn quiet() -> Self {
-        Self::start(Config {
-            notification_interval: Duration::ZERO,
-            ..Config::default()
-        })
-        .await
+        Self::start(quiet_config()).await
     }
 
     /// Delivers one shutdown signal (the first drains, the second forces).
@@ -436,8 +433,23 @@ pub async fn join_room(addr: SocketAddr, room: &str, user: &str) -> (Ws, Vec<Str
     }
 }
 
-/// The next JSON-protocol message, skipping `system.ping` heartbeats.
+/// The next JSON-protocol message, skipping `system.ping` heartbeats and
+/// the `stream.position` of each stream a connection starts following
+/// (the tests of history read those with [`next_json_or_position`]).
 pub async fn next_json(ws: &mut Ws) -> wsnotify::protocol::json::ServerMessage {
+    loop {
+        let message = next_json_or_position(ws).await;
+        if !matches!(
+            message,
+            wsnotify::protocol::json::ServerMessage::Position { .. }
+        ) {
+            return message;
+        }
+    }
+}
+
+/// The next JSON-protocol message, skipping only `system.ping`.
+pub async fn next_json_or_position(ws: &mut Ws) -> wsnotify::protocol::json::ServerMessage {
     loop {
         let text = next_text(ws).await;
         let message = wsnotify::protocol::json::ServerMessage::decode(&text)
@@ -475,6 +487,7 @@ pub async fn expect_delivery(ws: &mut Ws, room: &str, user: &str, text: &str) ->
             text: t,
             id,
             ts,
+            ..
         } => {
             assert_eq!((r.as_str(), u.as_str(), t.as_str()), (room, user, text));
             assert!(uuid::Uuid::parse_str(&id).is_ok(), "id {id:?} is no UUID");
@@ -541,11 +554,22 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 }
 
 /// A configuration with the periodic notifier off, so clients see only
-/// what the test sends.
+/// what the test sends, and history off: the suites of the live contract
+/// check exactly what `HISTORY_SIZE=0` promises to keep (today's behaviour
+/// before history existed). History's own suites use [`history_config`].
 pub fn quiet_config() -> Config {
     Config {
         notification_interval: Duration::ZERO,
+        history_size: 0,
         ..Config::default()
+    }
+}
+
+/// [`quiet_config`] with history on, at its defaults.
+pub fn history_config() -> Config {
+    Config {
+        history_size: wsnotify::config::DEFAULT_HISTORY_SIZE,
+        ..quiet_config()
     }
 }
 
@@ -566,7 +590,10 @@ pub fn chat(room: &str, text: &str) -> wsnotify::protocol::json::ClientMessage {
 
 /// `room.join` of `room`.
 pub fn join(room: &str) -> wsnotify::protocol::json::ClientMessage {
-    wsnotify::protocol::json::ClientMessage::RoomJoin { room: room.into() }
+    wsnotify::protocol::json::ClientMessage::RoomJoin {
+        room: room.into(),
+        since: None,
+    }
 }
 
 /// `room.leave` of `room`.

@@ -25,6 +25,8 @@ impl Proc {
         cmd.args(["--port", "0"])
             .env("RUST_LOG", "info")
             .env("NOTIFICATION_INTERVAL", "0")
+            // As `quiet_config`: the live contract unless a test turns it on.
+            .env("HISTORY_SIZE", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -226,8 +226,7 @@ pub fn config(redis: &Redis) -> Config {
         redis_url: Some(redis.url()),
         redis_timeout: Duration::from_millis(500),
         redis_refresh_interval: Duration::from_millis(300),
-        notification_interval: Duration::ZERO,
-        ..Config::default()
+        ..super::quiet_config()
     }
 }
 

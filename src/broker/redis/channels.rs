@@ -2,12 +2,19 @@
 //! channels, the keys, and the envelopes that travel on the channels. The
 //! Lua scripts get every name from here, in `KEYS` and `ARGV`.
 //!
-//! [`Router`] turns one Pub/Sub message into what this instance's clients
-//! get, and hands it to the node's delivery.
+//! Two families of names:
+//! - the seeds' channels, live only, which any backend may publish on:
+//!   `websocket:broadcast`, `notifications:{user}`, `rooms:{room}`;
+//! - the keys and channel of a stream with history, all under one hash tag,
+//!   the stream's partition's: `wsnotify:{TAG}:{stream}:meta` (epoch and
+//!   offset), `…:log` (a Redis Stream, entry ids `0-{offset}`),
+//!   `…:idem:{key}` (idempotency keys) and the channel `wsnotify:{TAG}:{stream}`.
+//!   One tag per stream keeps every script on one slot of a Redis Cluster.
+
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::delivery::{Delivery, Inbound};
 use crate::stream::Stream;
 
 /// The channel every instance subscribes to for broadcasts (seed 000).
@@ -67,104 +74,119 @@ pub struct Envelope {
     pub origin: Option<String>,
 }
 
+/// Partitions of the streams: every stream's keys and channel carry its
+/// partition's hash tag. Changing the count moves every stream to other
+/// keys: it is a migration, not a setting.
+pub const PARTITIONS: usize = 128;
+/// Hash slots of Redis Cluster.
+const SLOTS: u16 = 16384;
+
+/// The partition of `stream`: CRC16 of its name, as Redis Cluster hashes
+/// keys, modulo [`PARTITIONS`].
+pub fn partition(stream: &Stream) -> usize {
+    usize::from(crc16(stream.to_string().as_bytes())) % PARTITIONS
+}
+
+/// The hash tag of partition `p`: the shortest `p.N` whose slot lies in
+/// the `p`-th of [`PARTITIONS`] equal slot ranges, so the partitions spread
+/// evenly over a cluster's nodes whatever their number.
+pub fn tag(partition: usize) -> &'static str {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let width = SLOTS as usize / PARTITIONS;
+        (0..PARTITIONS)
+            .map(|p| {
+                (0u32..)
+                    .map(|n| format!("{p}.{n}"))
+                    .find(|tag| usize::from(slot(tag.as_bytes())) / width == p)
+                    .unwrap_or_default()
+            })
+            .collect()
+    });
+    &tags[partition]
+}
+
+/// The key or channel prefix of `stream`'s history: `wsnotify:{TAG}:{stream}`.
+pub fn stream_base(stream: &Stream) -> String {
+    format!("wsnotify:{{{}}}:{stream}", tag(partition(stream)))
+}
+
+/// The channel a stream's appended messages are published on.
+pub fn stream_channel(stream: &Stream) -> String {
+    stream_base(stream)
+}
+
+/// The stream a history channel belongs to, if `channel` is one.
+pub fn stream_of_channel(channel: &str) -> Option<Stream> {
+    let rest = channel.strip_prefix("wsnotify:{")?;
+    let (_, name) = rest.split_once("}:")?;
+    Stream::parse(name)
+}
+
+/// `…:meta`, `…:log` and, with an idempotency key, `…:idem:{key}`.
+pub fn stream_keys(stream: &Stream, key: Option<&str>) -> (String, String, Option<String>) {
+    let base = stream_base(stream);
+    let idem = key.map(|key| format!("{base}:idem:{key}"));
+    (format!("{base}:meta"), format!("{base}:log"), idem)
+}
+
+/// The slot Redis Cluster gives `key`: CRC16 of its hash tag (the first
+/// non-empty `{…}`) or of the whole key, modulo 16384.
+pub fn slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16(hashed) % SLOTS
+}
+
+/// CRC16/XMODEM, the checksum of Redis Cluster's key slots.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// What a stream's channel carries: an appended message with its position
+/// and Redis' time (Unix ms), published by the append script.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Appended {
+    #[serde(rename = "e")]
+    pub epoch: String,
+    #[serde(rename = "o")]
+    pub offset: u64,
+    /// cjson may write a number as a float.
+    #[serde(rename = "t")]
+    pub ts: f64,
+    #[serde(rename = "b")]
+    pub body: String,
+}
+
 /// What a payload on a room channel is: an instance's [`Envelope`],
 /// possibly of a presence change (`presence` names it, `user` is its
 /// subject), or anything else a backend published.
 #[derive(Debug, Deserialize)]
-struct RoomPayload {
+pub struct RoomPayload {
     #[serde(default)]
-    message: Option<String>,
+    pub message: Option<String>,
     #[serde(default)]
-    origin: Option<String>,
+    pub origin: Option<String>,
     #[serde(default)]
-    presence: Option<String>,
+    pub presence: Option<String>,
     #[serde(default)]
-    user: Option<String>,
-}
-
-/// Routes one instance's Pub/Sub messages to its delivery.
-#[derive(Debug)]
-pub struct Router {
-    /// This instance's id: its own envelopes are skipped.
-    instance: String,
-    delivery: Delivery,
-}
-
-impl Router {
-    pub fn new(instance: &str, delivery: Delivery) -> Self {
-        Router {
-            instance: instance.to_owned(),
-            delivery,
-        }
-    }
-
-    /// The envelope of `text` published by this instance.
-    pub fn envelope(&self, text: &str, sender: Option<String>) -> String {
-        let envelope = Envelope {
-            sender_id: sender,
-            message: text.to_owned(),
-            origin: Some(self.instance.clone()),
-        };
-        serde_json::to_string(&envelope).unwrap_or_default()
-    }
-
-    /// Delivers the message `payload` received on `channel` to the local
-    /// clients it is for.
-    pub fn route(&self, channel: &str, payload: &[u8]) {
-        if channel == BROADCAST_CHANNEL {
-            // The seed's envelope has no `origin`; raw text is accepted too.
-            let text = match serde_json::from_slice::<Envelope>(payload) {
-                Ok(envelope) if envelope.origin.as_deref() == Some(&self.instance) => return,
-                Ok(envelope) => envelope.message,
-                Err(_) => String::from_utf8_lossy(payload).into_owned(),
-            };
-            self.delivery.deliver(Inbound::Broadcast {
-                text: &text,
-                except: None,
-            });
-        } else if let Some(user) = channel.strip_prefix(NOTIFY_PREFIX) {
-            let text = String::from_utf8_lossy(payload);
-            self.delivery.deliver(Inbound::User { user, text: &text });
-        } else if let Some(room) = channel.strip_prefix(ROOM_PREFIX) {
-            self.route_room(room, payload);
-        }
-    }
-
-    /// Room messages are JSON themselves: only an envelope with an `origin`
-    /// is one of ours, and only one with `presence` is a presence change;
-    /// anything else goes to the members as it is. Presence changes, this
-    /// instance's included, are delivered from the subscription, so every
-    /// member everywhere gets them in Redis' one order.
-    fn route_room(&self, room: &str, payload: &[u8]) {
-        let (text, own) = match serde_json::from_slice::<RoomPayload>(payload) {
-            Ok(RoomPayload {
-                message: Some(message),
-                origin: Some(origin),
-                presence,
-                user,
-            }) => {
-                if let (Some(_), Some(user)) = (presence, user) {
-                    self.delivery.deliver(Inbound::Presence {
-                        room,
-                        user: &user,
-                        text: &message,
-                    });
-                    return;
-                }
-                let own = origin == self.instance;
-                (message, own)
-            }
-            _ => (String::from_utf8_lossy(payload).into_owned(), false),
-        };
-        // Our own room messages went to local members already.
-        if !own {
-            self.delivery.deliver(Inbound::Room {
-                room,
-                text: &text,
-                except: None,
-            });
-        }
-    }
+    pub user: Option<String>,
 }
 
 #[cfg(test)]
@@ -186,6 +208,39 @@ mod tests {
         );
         let seed: Envelope = serde_json::from_str(r#"{"sender_id":"x","message":"m"}"#).unwrap();
         assert_eq!((seed.message.as_str(), seed.origin), ("m", None));
+    }
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // Values from the Redis Cluster specification and redis-cli.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"123456789"), 0x31c3);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+    }
+
+    #[test]
+    fn partition_tags_spread_over_the_slots_and_keys_share_them() {
+        let width = 16384 / PARTITIONS;
+        for p in 0..PARTITIONS {
+            assert_eq!(
+                usize::from(slot(tag(p).as_bytes())) / width,
+                p,
+                "{}",
+                tag(p)
+            );
+        }
+        let stream = Stream::User("a}:{b".into());
+        let (meta, log, idem) = stream_keys(&stream, Some("k"));
+        let channel = stream_channel(&stream);
+        let slots: Vec<u16> = [&meta, &log, idem.as_ref().unwrap(), &channel]
+            .iter()
+            .map(|k| slot(k.as_bytes()))
+            .collect();
+        assert!(slots.windows(2).all(|w| w[0] == w[1]), "{slots:?}");
+        assert_eq!(stream_of_channel(&channel), Some(stream));
+        assert_eq!(stream_of_channel("notifications:a"), None);
     }
 
     #[test]

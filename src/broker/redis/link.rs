@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::RedisBroker;
-use super::channels::{self, BROADCAST_CHANNEL, count_key};
+use super::channels::{self, count_key};
 use crate::hub::Change;
 use crate::stream::Stream;
 
@@ -40,6 +40,9 @@ pub enum LinkError {
     Timeout(&'static str),
     #[error("the subscription connection closed")]
     Closed,
+    /// Redis answered something wsnotify's scripts never return.
+    #[error("unexpected reply: {0}")]
+    Reply(&'static str),
 }
 
 /// The broker's view of its link to Redis.
@@ -57,23 +60,33 @@ pub(super) struct Health {
 /// The subscriber connection's sending half.
 pub(super) struct Subscriptions {
     sink: PubSubSink,
+    /// Whether streams have history, so a channel of their own as well.
+    history: bool,
 }
 
 impl Subscriptions {
+    /// The channels of `stream`: the seeds' (live, open to any publisher)
+    /// and, with history on, the stream's own.
+    fn channels(&self, stream: &Stream) -> impl Iterator<Item = String> {
+        let own = self.history.then(|| channels::stream_channel(stream));
+        std::iter::once(channels::channel(stream)).chain(own)
+    }
+
     /// Subscribes to the streams marked `true` and unsubscribes from the
     /// others, in chunks, within `limit`.
     pub async fn apply(
         &mut self,
-        streams: HashMap<Stream, bool>,
+        streams: &HashMap<Stream, bool>,
         limit: Duration,
     ) -> Result<(), LinkError> {
-        let (on, off): (Vec<_>, Vec<_>) = streams.into_iter().partition(|(_, on)| *on);
-        let names = |list: Vec<(Stream, bool)>| {
-            list.iter()
-                .map(|(stream, _)| channels::channel(stream))
+        let names = |wanted: bool| {
+            streams
+                .iter()
+                .filter(|(_, on)| **on == wanted)
+                .flat_map(|(stream, _)| self.channels(stream))
                 .collect::<Vec<_>>()
         };
-        let (on, off) = (names(on), names(off));
+        let (on, off) = (names(true), names(false));
         let work = async {
             for chunk in on.chunks(SUBSCRIBE_CHUNK) {
                 self.sink.subscribe(chunk).await?;
@@ -152,27 +165,28 @@ impl RedisBroker {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        let (mut sink, messages) = self.client.get_async_pubsub().await?.split();
-        let mut names = vec![BROADCAST_CHANNEL.to_owned()];
-        names.extend(
-            self.hub
-                .users()
-                .into_iter()
-                .map(|user| channels::channel(&Stream::User(user))),
-        );
-        names.extend(
-            self.hub
-                .rooms()
-                .into_iter()
-                .map(|room| channels::channel(&Stream::Room(room))),
-        );
+        let (sink, messages) = self.client.get_async_pubsub().await?.split();
+        let mut subscriptions = Subscriptions {
+            sink,
+            history: self.history.is_some(),
+        };
+        let streams: Vec<Stream> = std::iter::once(Stream::Broadcast)
+            .chain(self.hub.users().into_iter().map(Stream::User))
+            .chain(self.hub.rooms().into_iter().map(Stream::Room))
+            .collect();
+        let names: Vec<String> = streams
+            .iter()
+            .flat_map(|stream| subscriptions.channels(stream))
+            .collect();
         for chunk in names.chunks(SUBSCRIBE_CHUNK) {
-            sink.subscribe(chunk).await?;
+            subscriptions.sink.subscribe(chunk).await?;
         }
         self.refresh_count(&mut conn).await?;
+        self.catch_up(&mut conn).await?;
+        self.mark_live(streams.into_iter().map(|stream| (stream, true)));
         Ok(Link {
             conn,
-            subscriptions: Subscriptions { sink },
+            subscriptions,
             messages,
             channels: names.len(),
         })
@@ -205,7 +219,10 @@ impl RedisBroker {
                 }
                 message = messages.next() => match message {
                     Some(message) => {
-                        self.router.route(message.get_channel_name(), message.get_payload_bytes());
+                        let found = self
+                            .router
+                            .route(message.get_channel_name(), message.get_payload_bytes());
+                        self.act_on(found, &mut conn).await;
                         Ok(())
                     }
                     None => Err(LinkError::Closed),
@@ -311,6 +328,7 @@ impl RedisBroker {
 
     fn went_down(&self, why: String) {
         let was_up = self.set_connection(None);
+        self.clear_live();
         self.metrics.broker_up(false);
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         if was_up {

@@ -8,23 +8,36 @@
 //!   health;
 //! - [`publisher`]: the queue that pipelines this instance's broadcasts and
 //!   room messages to Redis;
-//! - [`channels`]: every channel and key name, the envelopes, and the router
-//!   that hands each received message to the node's delivery;
+//! - [`channels`]: every channel and key name, and the envelopes;
+//! - [`inbound`]: the router that hands each received message to the
+//!   node's delivery, and the last position seen of each stream;
 //! - [`presence`]: presence in Redis with a TTL, and the follower that keeps
-//!   it in step with the hub.
+//!   it in step with the hub;
+//! - [`history`]: the streams' history scripts; [`streams`]: appending,
+//!   reading, and what the broker does when a stream's history went back or
+//!   the link was lost.
 //!
-//! Broadcasts and room messages are delivered to local clients first and
-//! published with this instance's id as `origin`; the echo from Redis is
-//! skipped, so each client receives a message once, and local delivery never
-//! depends on Redis. Per-user notifications are published raw, exactly what
-//! any external publisher (`redis-cli PUBLISH notifications:42 …`) sends,
-//! and delivered from the subscription; while Redis is down they reach local
-//! clients only.
+//! With history off, broadcasts and room messages are delivered to local
+//! clients first and published with this instance's id as `origin`; the
+//! echo from Redis is skipped, so each client receives a message once, and
+//! local delivery never depends on Redis. Per-user notifications are
+//! published raw, exactly what any external publisher (`redis-cli PUBLISH
+//! notifications:42 …`) sends, and delivered from the subscription; while
+//! Redis is down they reach local clients only.
+//!
+//! With history on, a message of a stream is appended by a script that also
+//! publishes it, and every instance, the publishing one included, delivers
+//! it from its subscription, so all readers get one order. While Redis is
+//! down such publishes are refused: a message that could not be kept is not
+//! sent, and the publisher retries with its idempotency key.
 
 mod channels;
+mod history;
+mod inbound;
 mod link;
 mod presence;
 mod publisher;
+mod streams;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +51,9 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::channels::{BROADCAST_CHANNEL, COUNT_PREFIX, Router, count_key, room_channel};
+use self::channels::{BROADCAST_CHANNEL, COUNT_PREFIX, count_key, room_channel};
+use self::history::RedisHistory;
+use self::inbound::Router;
 use self::link::Health;
 use self::presence::PresenceStore;
 use super::{BrokerHealth, Notified, Reach, StartError};
@@ -46,6 +61,7 @@ use crate::config::Config;
 use crate::delivery::{Delivery, Inbound};
 use crate::hub::{Change, Fanout, Hub};
 use crate::metrics::Metrics;
+use crate::stream::Stream;
 
 pub use self::channels::{NOTIFY_PREFIX, ROOM_PREFIX};
 
@@ -68,6 +84,8 @@ pub struct Settings {
     pub presence_ttl: Duration,
     /// Period of the presence refresh.
     pub presence_refresh: Duration,
+    /// How much history is kept; [`history::Settings::enabled`] or not.
+    pub history: crate::history::Settings,
 }
 
 impl Settings {
@@ -80,6 +98,7 @@ impl Settings {
             refresh: config.redis_refresh_interval,
             presence_ttl: config.presence_ttl,
             presence_refresh: config.presence_refresh(),
+            history: config.history(),
         }
     }
 }
@@ -103,6 +122,13 @@ pub struct RedisBroker {
     /// (channel, envelope) pairs for the publisher task.
     outgoing: mpsc::Sender<(String, String)>,
     presence: PresenceStore,
+    /// The history scripts; `None` with history off.
+    history: Option<RedisHistory>,
+    /// The streams whose channels the subscriber is on right now; readers
+    /// wait for theirs before they read history ([`RedisBroker::ready_for`]).
+    live: Mutex<HashSet<Stream>>,
+    /// Told whenever `live` changes.
+    live_changed: Notify,
     /// A roster could not be read from Redis: resend every room's roster at
     /// the next presence refresh.
     needs_resync: AtomicBool,
@@ -143,6 +169,10 @@ impl RedisBroker {
         metrics.broker_up(false);
         let presence =
             PresenceStore::new(&settings.instance, settings.presence_ttl, settings.timeout);
+        let history = settings
+            .history
+            .enabled()
+            .then(|| RedisHistory::new(settings.history, settings.timeout));
         let broker = Arc::new(RedisBroker {
             router: Router::new(&settings.instance, delivery.clone()),
             settings,
@@ -158,6 +188,9 @@ impl RedisBroker {
             }),
             outgoing,
             presence,
+            history,
+            live: Mutex::new(HashSet::new()),
+            live_changed: Notify::new(),
             needs_resync: AtomicBool::new(false),
             recorded: Mutex::new(HashSet::new()),
             suspect: Notify::new(),
@@ -187,9 +220,11 @@ impl RedisBroker {
         let (channel, text, except) = match message {
             Inbound::Broadcast { text, except } => (BROADCAST_CHANNEL.to_owned(), text, except),
             Inbound::Room { room, text, except } => (room_channel(room), text, except),
-            // Notifications are published raw (see `notify`), presence by
-            // the scripts.
-            Inbound::User { .. } | Inbound::Presence { .. } => return fanout,
+            // Notifications are published raw (see `notify`), presence and
+            // records by the scripts.
+            Inbound::User { .. } | Inbound::Presence { .. } | Inbound::Record(_) => {
+                return fanout;
+            }
         };
         if self.is_up() {
             let sender = except.map(|id| format!("{}:{id}", self.settings.instance));

@@ -42,7 +42,7 @@ pub const CHUNK: usize = 256;
 
 /// Publishes a presence change on the room's channel: the `presence.join`
 /// or `presence.leave` message in the instances' envelope, with `presence`
-/// and `user` beside it for routing (see [`Router`](super::channels::Router)). ARGV[1] is
+/// and `user` beside it for routing (see [`Router`](super::inbound::Router)). ARGV[1] is
 /// the instance in every script that uses it.
 macro_rules! announce_lua {
     () => {
@@ -336,9 +336,9 @@ impl RedisBroker {
         changes: Vec<Change>,
     ) -> Result<(), LinkError> {
         let mut batch = Batch::of(changes);
-        subscriptions
-            .apply(std::mem::take(&mut batch.streams), self.settings.timeout)
-            .await?;
+        let streams = std::mem::take(&mut batch.streams);
+        subscriptions.apply(&streams, self.settings.timeout).await?;
+        self.mark_live(streams);
         let (arrived, departed) = batch.split_pairs();
         // Recorded before the script runs (it may change Redis and still
         // fail to answer); forgotten only once withdrawn. An extra entry

@@ -1,5 +1,6 @@
 //! One WebSocket's life, from the greeting to the close: a single `select!`
-//! over the client's frames, the connection's outbox, and the shutdown.
+//! over the client's frames, the connection's outbox, and the shutdown. The
+//! JSON dialect's messages, and the resume of its streams, are in [`json`].
 //!
 //! Reading uses fastwebsockets' [`WebSocketRead`]. Its `read_frame` is not
 //! cancel-safe (a frame half-read when another arm wins would be lost), so the
@@ -10,6 +11,8 @@
 //! The session is generic over the IO, so the unit tests below drive it over
 //! a duplex pipe with paused time. It reaches the server only through the
 //! [`Node`].
+
+mod json;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -24,9 +27,11 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Chain};
 use tokio::time::{Instant, timeout};
 
-use crate::limits::{ERROR_BURST, ERROR_REFILL_PER_SEC, MAX_ROOMS_PER_CONNECTION};
+use crate::history::Since;
+use crate::history::gate::{Admit, Gate};
+use crate::limits::{ERROR_BURST, ERROR_REFILL_PER_SEC};
 use crate::node::{Node, Registration};
-use crate::protocol::json::{ClientMessage, ErrorCode, ProtocolError, ServerMessage, now_ms};
+use crate::outbox::Item;
 use crate::protocol::{self, Assembler, Close, Dialect, Event, Inbound, text};
 use crate::shutdown::CLOSE_GRACE;
 
@@ -39,8 +44,13 @@ pub enum Opening {
     /// The plain-text dialect: greeting, `You said:`/`New message:`,
     /// broadcasts.
     Text,
-    /// The JSON dialect, starting in `room`.
-    Json { room: String },
+    /// The JSON dialect, in `room` if one is given (`/ws/rooms/{room}`;
+    /// `/ws/notifications` has none), resuming from `since` (the raw
+    /// query value; a bad one is answered with `system.error`).
+    Json {
+        room: Option<String>,
+        since: Option<String>,
+    },
 }
 
 /// Why the session loop ended.
@@ -54,204 +64,203 @@ enum Ending {
     Close(Close),
 }
 
+/// One connection's state between its socket and the node.
+struct Session<'a> {
+    node: &'a Node,
+    reg: Registration,
+    /// The streams it follows (JSON dialect with history), and where.
+    gate: Gate,
+    /// Positions the client gave for rooms it has not joined yet; a later
+    /// `room.join` without `since` uses them.
+    saved: Since,
+    /// Frames to write, in order.
+    pending: VecDeque<Bytes>,
+    /// What was taken from the outbox, before the gate decides on it.
+    taken: VecDeque<Item>,
+    /// The JSON dialect's error budget.
+    errors: TokenBucket,
+}
+
 /// Serves one upgraded WebSocket for `user` until it closes.
 pub async fn run<R, W>(node: Arc<Node>, reader: R, mut writer: W, user: Arc<str>, opening: Opening)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut registration = match &opening {
+    let registration = match &opening {
         Opening::Text => node.connect_text(user.clone()),
-        Opening::Json { room } => node.connect_json(user.clone(), room).await,
+        Opening::Json { room, .. } => node.connect_json(user.clone(), room.as_deref()).await,
     };
-    tracing::debug!(conn = registration.id(), %user, active = node.local_connections(), "client connected");
-    let mut inbound = pin!(frames(reader, node.config().max_message_size));
-
-    let mut pending = VecDeque::new();
-    let ending = converse(
-        &node,
-        &mut registration,
-        inbound.as_mut(),
-        &mut writer,
-        &mut pending,
-    )
-    .await;
     let id = registration.id();
+    tracing::debug!(conn = id, %user, active = node.local_connections(), "client connected");
+    let mut inbound = pin!(frames(reader, node.config().max_message_size));
+    let mut session = Session {
+        node: &node,
+        reg: registration,
+        gate: Gate::new(node.config().outbound_queue),
+        saved: Since::default(),
+        pending: VecDeque::new(),
+        taken: VecDeque::new(),
+        errors: TokenBucket::new(ERROR_REFILL_PER_SEC, ERROR_BURST),
+    };
+    let ending = match opening {
+        Opening::Json { room, since } => match session.open(room.as_deref(), since).await {
+            Ok(()) => session.converse(inbound.as_mut(), &mut writer).await,
+            Err(ending) => ending,
+        },
+        Opening::Text => session.converse(inbound.as_mut(), &mut writer).await,
+    };
+    let Session {
+        reg, mut pending, ..
+    } = session;
     if matches!(ending, Ending::Close(_)) {
         // What the last turn queued (a `system.error` for the message that
         // spent the error budget, say) goes out before the close frame.
         // A killed outbox holds nothing; `close` bounds the time it takes.
-        registration.outbox().drain_into(&mut pending);
+        let mut rest = VecDeque::new();
+        reg.outbox().drain_into(&mut rest);
+        pending.extend(rest.into_iter().filter_map(|item| match item {
+            Item::Frame(frame) => Some(frame),
+            Item::Record(_) => None,
+        }));
     }
-    drop(registration);
+    if matches!(ending, Ending::Close(Close::InsufficientState)) {
+        node.metrics().insufficient_state();
+    }
+    drop(reg);
     close(ending, pending, inbound, &mut writer).await;
     tracing::debug!(conn = id, %user, active = node.local_connections(), "client disconnected");
 }
 
-/// The session loop proper: returns as soon as the connection must end.
-///
-/// On return `pending` holds at most one frame: the rest of a frame whose
-/// write was interrupted, which must go out before anything else.
-async fn converse<S, W>(
-    node: &Node,
-    reg: &mut Registration,
-    mut inbound: std::pin::Pin<&mut S>,
-    writer: &mut W,
-    pending: &mut VecDeque<Bytes>,
-) -> Ending
-where
-    S: Stream<Item = Result<Inbound, WebSocketError>>,
-    W: AsyncWrite + Unpin,
-{
-    let outbox = reg.outbox().clone();
-    let outbox = &outbox;
-    let mut assembler = Assembler::new(node.config().max_message_size);
-    let rate = f64::from(node.config().rate_limit);
-    let mut budget = Budget::new(rate, rate);
-    let mut errors = Budget::new(ERROR_REFILL_PER_SEC, ERROR_BURST);
-    let shutdown_frame = node.shutdown_notice(reg.dialect());
-    let mut notified = false;
-    // Created once and pinned: re-creating these futures on every wake-up
-    // re-registered their waiters each time (seen in the fan-out profile).
-    let killed = outbox.killed();
-    let forced = node.shutdown().forced();
-    let draining = node.shutdown().draining();
-    let ready = outbox.ready();
-    tokio::pin!(killed, forced, draining, ready);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut killed => return Ending::Close(kill_reason(reg)),
-            _ = &mut forced => return Ending::Close(Close::GoingAway),
-            _ = &mut draining, if !notified => {
-                notified = true;
-                outbox.push(shutdown_frame.clone());
-            }
-            _ = &mut ready => {
-                // A push between here and the next poll leaves a permit.
-                ready.set(outbox.ready());
-                outbox.drain_into(pending);
-                if let Some(ending) = flush(node, reg, writer, pending).await {
-                    return ending;
+impl Session<'_> {
+    /// The session loop proper: returns as soon as the connection must end.
+    ///
+    /// On return `pending` holds at most one frame: the rest of a frame whose
+    /// write was interrupted, which must go out before anything else.
+    async fn converse<S, W>(&mut self, mut inbound: std::pin::Pin<&mut S>, writer: &mut W) -> Ending
+    where
+        S: Stream<Item = Result<Inbound, WebSocketError>>,
+        W: AsyncWrite + Unpin,
+    {
+        let node = self.node;
+        let outbox = self.reg.outbox().clone();
+        let outbox = &outbox;
+        let mut assembler = Assembler::new(node.config().max_message_size);
+        let rate = f64::from(node.config().rate_limit);
+        let mut budget = TokenBucket::new(rate, rate);
+        let mut notified = false;
+        // Created once and pinned: re-creating these futures on every wake-up
+        // re-registered their waiters each time (seen in the fan-out profile).
+        let killed = outbox.killed();
+        let forced = node.shutdown().forced();
+        let draining = node.shutdown().draining();
+        let ready = outbox.ready();
+        tokio::pin!(killed, forced, draining, ready);
+        // What the opening queued goes out first.
+        if !self.pending.is_empty()
+            && let Some(ending) = flush(node, &self.reg, writer, &mut self.pending).await
+        {
+            return ending;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut killed => return Ending::Close(kill_reason(&self.reg)),
+                _ = &mut forced => return Ending::Close(Close::GoingAway),
+                _ = &mut draining, if !notified => {
+                    notified = true;
+                    outbox.push(node.shutdown_notice(self.reg.dialect()));
                 }
-            }
-            frame = inbound.next() => {
-                let event = match frame {
-                    Some(Ok(frame)) => {
-                        outbox.touch(node.now_ms());
-                        assembler.push(frame)
+                _ = &mut ready => {
+                    // A push between here and the next poll leaves a permit.
+                    ready.set(outbox.ready());
+                    if let Err(ending) = self.take_outbox() {
+                        return ending;
                     }
-                    Some(Err(err)) => return read_failed(&err),
-                    None => return Ending::Gone,
-                };
-                if matches!(event, Event::Text(_) | Event::Ping(_)) && !budget.spend() {
-                    return Ending::Close(Close::RateLimited);
+                    if let Some(ending) = flush(node, &self.reg, writer, &mut self.pending).await {
+                        return ending;
+                    }
                 }
-                let ending = match (event, reg.dialect()) {
-                    (Event::Text(text), Dialect::Json) => on_message(node, reg, &text, &mut errors).await,
-                    (event, _) => on_event(node, reg, event),
-                };
-                if let Some(ending) = ending {
-                    return ending;
+                frame = inbound.next() => {
+                    let event = match frame {
+                        Some(Ok(frame)) => {
+                            outbox.touch(node.now_ms());
+                            assembler.push(frame)
+                        }
+                        Some(Err(err)) => return read_failed(&err),
+                        None => return Ending::Gone,
+                    };
+                    if matches!(event, Event::Text(_) | Event::Ping(_)) && !budget.spend() {
+                        return Ending::Close(Close::RateLimited);
+                    }
+                    let ending = match (event, self.reg.dialect()) {
+                        (Event::Text(text), Dialect::Json) => self.on_message(&text).await,
+                        (event, _) => self.on_event(event),
+                    };
+                    if let Some(ending) = ending {
+                        return ending;
+                    }
+                    // An answer may have been queued here directly.
+                    if !self.pending.is_empty()
+                        && let Some(ending) = flush(node, &self.reg, writer, &mut self.pending).await
+                    {
+                        return ending;
+                    }
                 }
             }
         }
     }
-}
 
-/// Acts on one classified inbound frame; `Some` ends the session.
-fn on_event(node: &Node, reg: &Registration, event: Event) -> Option<Ending> {
-    match event {
-        Event::Text(said) => {
-            node.metrics().message_received();
-            reg.outbox()
-                .push(protocol::text_frame(&text::you_said(&said)));
-            node.relay(&said, reg.id());
-            None
+    /// Moves what the outbox holds to `pending`, through the gate: a
+    /// stream's message goes out only if it is the next one.
+    fn take_outbox(&mut self) -> Result<(), Ending> {
+        self.reg.outbox().drain_into(&mut self.taken);
+        while let Some(item) = self.taken.pop_front() {
+            let record = match item {
+                Item::Frame(frame) => {
+                    self.pending.push_back(frame);
+                    continue;
+                }
+                Item::Record(record) => record,
+            };
+            match self.gate.admit(&record) {
+                Ok(Admit::Pass) => self.pending.push_back(record.frame.clone()),
+                Ok(Admit::Drop | Admit::Held) => {}
+                Ok(Admit::Gap) => {
+                    tracing::debug!(conn = self.reg.id(), stream = %record.stream, "gap in a stream; closing with 4010");
+                    return Err(Ending::Close(Close::InsufficientState));
+                }
+                Err(_overflow) => return Err(Ending::Close(Close::SlowConsumer)),
+            }
         }
-        Event::Ping(payload) => {
-            reg.outbox().push(protocol::pong_frame(&payload));
-            None
-        }
-        Event::Nothing => None,
-        Event::ClientClose(code) => Some(Ending::Echo(code)),
-        Event::Violation(close) => Some(Ending::Close(close)),
+        Ok(())
     }
-}
 
-/// Acts on one message of the JSON protocol; `Some` ends the session. A bad
-/// message is answered with `system.error` and spends the error budget.
-async fn on_message(
-    node: &Node,
-    reg: &mut Registration,
-    text: &str,
-    errors: &mut Budget,
-) -> Option<Ending> {
-    node.metrics().message_received();
-    let refused = match ClientMessage::decode(text, node.config().max_text_length) {
-        Err(err) => err,
-        Ok(message) => match act(node, reg, message).await {
-            Ok(()) => return None,
-            Err(err) => err,
-        },
-    };
-    tracing::debug!(
-        conn = reg.id(),
-        code = refused.code.as_str(),
-        "refused a message"
-    );
-    node.metrics().protocol_error();
-    reg.outbox().push(refused.to_message().frame());
-    (!errors.spend()).then_some(Ending::Close(Close::Abuse))
-}
-
-/// Carries out one valid client message.
-async fn act(
-    node: &Node,
-    reg: &mut Registration,
-    message: ClientMessage,
-) -> Result<(), ProtocolError> {
-    match message {
-        ClientMessage::ChatMessage { room, text } => {
-            if !reg.is_in(&room) {
-                return Err(not_in(&room));
+    /// Acts on one classified inbound frame; `Some` ends the session.
+    fn on_event(&mut self, event: Event) -> Option<Ending> {
+        match event {
+            Event::Text(said) => {
+                self.node.metrics().message_received();
+                self.reg
+                    .outbox()
+                    .push(protocol::text_frame(&text::you_said(&said)));
+                self.node.relay(&said, self.reg.id());
+                None
             }
-            node.say(&room, reg.user(), &text);
-        }
-        ClientMessage::RoomJoin { room } => {
-            if !reg.is_in(&room) && reg.rooms().len() >= MAX_ROOMS_PER_CONNECTION {
-                return Err(ProtocolError::new(
-                    ErrorCode::TooManyRooms,
-                    format!("a connection may be in at most {MAX_ROOMS_PER_CONNECTION} rooms"),
-                ));
+            Event::Ping(payload) => {
+                self.reg.outbox().push(protocol::pong_frame(&payload));
+                None
             }
-            node.join(reg, &room).await;
+            Event::Nothing => None,
+            Event::ClientClose(code) => Some(Ending::Echo(code)),
+            Event::Violation(close) => Some(Ending::Close(close)),
         }
-        ClientMessage::RoomLeave { room } => {
-            if !reg.leave(&room) {
-                return Err(not_in(&room));
-            }
-            reg.outbox().push(ServerMessage::Left { room }.frame());
-        }
-        ClientMessage::Ping { ts } => {
-            let ts = ts.unwrap_or_else(now_ms);
-            reg.outbox().push(ServerMessage::Pong { ts }.frame());
-        }
-        ClientMessage::Pong { .. } => {}
     }
-    Ok(())
-}
-
-fn not_in(room: &str) -> ProtocolError {
-    ProtocolError::new(
-        ErrorCode::NotInRoom,
-        format!("not in room {room:?}: send room.join first"),
-    )
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up. A
 /// rate of 0 never runs out.
-struct Budget {
+struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -259,9 +268,9 @@ struct Budget {
     refilled: Instant,
 }
 
-impl Budget {
+impl TokenBucket {
     fn new(rate: f64, burst: f64) -> Self {
-        Budget {
+        TokenBucket {
             rate,
             burst,
             tokens: burst,
@@ -542,11 +551,14 @@ mod tests {
         }
     }
 
+    /// No tickers, and history off: the JSON tests here are about the
+    /// dialect itself (history's are in `json`'s own tests).
     fn config() -> Config {
         Config {
             notification_interval: Duration::ZERO,
             heartbeat_interval: Duration::ZERO,
             idle_timeout: Duration::ZERO,
+            history_size: 0,
             ..Config::default()
         }
     }
@@ -592,7 +604,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_error_budget_refills_with_time_and_then_runs_out() {
-        let opening = Opening::Json { room: "r".into() };
+        let opening = Opening::Json {
+            room: Some("r".into()),
+            since: None,
+        };
         let (_node, mut client) = start(config(), opening);
         assert!(client.text().await.contains(r#""type":"room.joined""#));
         for _ in 0..ERROR_BURST as usize {
@@ -631,7 +646,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_leaves_during_the_drain_ends_it() {
-        let (node, mut client) = start(config(), Opening::Json { room: "r".into() });
+        let opening = Opening::Json {
+            room: Some("r".into()),
+            since: None,
+        };
+        let (node, mut client) = start(config(), opening);
         client.text().await; // room.joined
         let outcome = drain(&node);
         assert!(client.text().await.contains(r#""type":"system.shutdown""#));
