@@ -4,8 +4,9 @@
 //! the selected streams), so a browser that reconnects sends it back as
 //! `Last-Event-ID`, which wins over `?since=`. The stream opens with
 //! `retry:` and a `position` event; a stream that cannot be recovered gets
-//! an `event: reset` with its current position; comments keep proxies from
-//! timing the stream out. A gap ends the stream (the browser comes back with
+//! an `event: reset` with its current position; an `event: ping` every
+//! `HEARTBEAT_INTERVAL` keeps proxies from timing the stream out and lets a
+//! client tell a quiet stream from a dead one. A gap ends the stream (the browser comes back with
 //! its `Last-Event-ID`), and so does the drain, after an `event: shutdown`
 //! whose `retry:` spreads the reconnects.
 
@@ -217,7 +218,7 @@ async fn follow(
                 }
             }
             _ = heartbeat.tick() => {
-                if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
+                if tx.send(Bytes::from_static(b"event: ping\ndata: {}\n\n")).await.is_err() {
                     return Ended::Gone;
                 }
             }
