@@ -241,6 +241,11 @@ pub struct Config {
     /// Default: 10.
     #[arg(long, env = "INBOX_CLAIM_AFTER", default_value = "10", value_parser = positive_secs)]
     pub inbox_claim_after: Duration,
+
+    /// A test hook, not a setting: how long a resume waits between reading
+    /// history and going live, to widen the window a publish may fall into.
+    #[arg(long, env = "WSNOTIFY_TEST_RESUME_DELAY", default_value = "0", value_parser = non_negative_secs, hide = true)]
+    pub test_resume_delay: Duration,
 }
 
 impl Default for Config {
@@ -276,6 +281,7 @@ impl Default for Config {
             history_meta_ttl: DEFAULT_HISTORY_META_TTL,
             drain_reconnect_spread: DEFAULT_DRAIN_RECONNECT_SPREAD,
             inbox_claim_after: DEFAULT_INBOX_CLAIM_AFTER,
+            test_resume_delay: Duration::ZERO,
         }
     }
 }

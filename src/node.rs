@@ -239,6 +239,15 @@ impl Node {
         self.broker.read(stream, since, budget).await
     }
 
+    /// Between a resume's history read and its going live: nothing, but
+    /// for the test hook that widens that window.
+    pub async fn after_history_read(&self) {
+        let delay = self.config.test_resume_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// What history holds in this process (memory mode).
     pub fn history_usage(&self) -> Option<Usage> {
         self.broker.history_usage()

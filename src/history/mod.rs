@@ -203,6 +203,23 @@ pub fn judge(
     Outcome::Recovered
 }
 
+/// The messages of several streams as one sequence: oldest first by time,
+/// each stream's in offset order (ties within a millisecond keep the
+/// order of `lists`).
+pub fn merge(lists: &[Vec<Arc<Record>>]) -> Vec<Arc<Record>> {
+    let total = lists.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut heads = vec![0usize; lists.len()];
+    while let Some(i) = (0..lists.len())
+        .filter(|&i| heads[i] < lists[i].len())
+        .min_by_key(|&i| lists[i][heads[i]].ts)
+    {
+        out.push(lists[i][heads[i]].clone());
+        heads[i] += 1;
+    }
+    out
+}
+
 /// A new random epoch: 12 lowercase hex digits.
 pub fn new_epoch() -> Arc<str> {
     let bits = uuid::Uuid::new_v4().as_u128();

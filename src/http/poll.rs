@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::reader::{Reader, Selection, allow_origin};
 use super::reply::{self, ResponseBody};
 use crate::history::gate::Resolved;
-use crate::history::{Outcome, Record, Since};
+use crate::history::{Outcome, Record, Since, merge};
 use crate::node::Node;
 use crate::query::query_param;
 use crate::stream::Stream;
@@ -124,19 +124,12 @@ async fn live(node: &Node, reader: &mut Reader, until: tokio::time::Instant) -> 
     }
 }
 
-/// The messages of several streams, oldest first, each stream's in order.
+/// The messages of several streams as JSON, oldest first.
 fn merged(lists: &[Vec<Arc<Record>>]) -> Vec<Value> {
-    let total = lists.iter().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(total);
-    let mut heads = vec![0usize; lists.len()];
-    while let Some(i) = (0..lists.len())
-        .filter(|&i| heads[i] < lists[i].len())
-        .min_by_key(|&i| lists[i][heads[i]].ts)
-    {
-        out.push(serde_json::from_slice(&lists[i][heads[i]].json).unwrap_or(Value::Null));
-        heads[i] += 1;
-    }
-    out
+    merge(lists)
+        .iter()
+        .map(|record| serde_json::from_slice(&record.json).unwrap_or(Value::Null))
+        .collect()
 }
 
 /// One stream's line of `streams`.

@@ -179,6 +179,7 @@ impl Reader {
             let read = node.read(&stream, position, &mut budget).await.ok();
             reads.push((stream, read));
         }
+        node.after_history_read().await;
         let resolved = reader.settle(node, since, reads);
         (reader, resolved)
     }

@@ -28,7 +28,7 @@ use super::reader::{Reader, Selection, allow_origin};
 use super::reply::{self, ResponseBody};
 use crate::config;
 use crate::history::gate::Resolved;
-use crate::history::{Outcome, Record, Since};
+use crate::history::{Outcome, Record, Since, merge};
 use crate::node::Node;
 use crate::protocol::json::{Reason, ServerMessage};
 use crate::protocol::text;
@@ -187,10 +187,8 @@ async fn open(
         }
     }
     tx.send(Bytes::from(head)).await.map_err(|_| ())?;
-    for (_, settled) in resolved {
-        send_records(emitted, &settled.records, tx).await?;
-    }
-    Ok(())
+    let lists: Vec<_> = resolved.iter().map(|(_, r)| r.records.clone()).collect();
+    send_records(emitted, &merge(&lists), tx).await
 }
 
 /// Live events until the client leaves, a gap shows, or the drain.

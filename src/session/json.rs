@@ -66,6 +66,7 @@ impl Session<'_> {
                 .ok();
             reads.push((stream, since, read));
         }
+        self.node.after_history_read().await;
         // Live messages that came meanwhile: held, or (other streams)
         // passed on, after whatever was queued before them.
         self.take_outbox()?;

@@ -4,6 +4,7 @@
 //! awaited.
 #![allow(dead_code)]
 
+pub mod history;
 pub mod process;
 pub mod redis;
 

@@ -15,7 +15,7 @@
 //!   it in step with the hub;
 //! - [`history`]: the streams' history scripts; [`streams`]: appending,
 //!   reading, and what the broker does when a stream's history went back or
-//!   the link was lost.
+//!   the link was lost; [`inbox`]: the durable publishing path of workers.
 //!
 //! With history off, broadcasts and room messages are delivered to local
 //! clients first and published with this instance's id as `origin`; the
@@ -34,6 +34,7 @@
 mod channels;
 mod history;
 mod inbound;
+mod inbox;
 mod link;
 mod presence;
 mod publisher;
@@ -86,6 +87,8 @@ pub struct Settings {
     pub presence_refresh: Duration,
     /// How much history is kept; [`history::Settings::enabled`] or not.
     pub history: crate::history::Settings,
+    /// When another instance claims an inbox entry left unacknowledged.
+    pub inbox_claim_after: Duration,
 }
 
 impl Settings {
@@ -99,6 +102,7 @@ impl Settings {
             presence_ttl: config.presence_ttl,
             presence_refresh: config.presence_refresh(),
             history: config.history(),
+            inbox_claim_after: config.inbox_claim_after,
         }
     }
 }
@@ -205,6 +209,13 @@ impl RedisBroker {
         broker
             .tasks
             .spawn(broker.clone().run_publisher(publish_queue));
+        if broker.history.is_some() {
+            let inbox = broker.clone();
+            let claim_after = inbox.settings.inbox_claim_after;
+            broker
+                .tasks
+                .spawn(async move { inbox.run_inbox(claim_after).await });
+        }
         Ok(broker)
     }
 
