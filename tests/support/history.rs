@@ -189,6 +189,8 @@ pub struct Sse {
     lines: tokio::io::Lines<BufReader<TcpStream>>,
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The event being read, kept across a cancelled read.
+    partial: Option<Event>,
 }
 
 impl Sse {
@@ -218,6 +220,7 @@ impl Sse {
             lines,
             status,
             headers: head,
+            partial: None,
         }
     }
 
@@ -231,12 +234,10 @@ impl Sse {
     /// The next event (chunked transfer framing is skipped: hex chunk
     /// sizes never look like `field: value`); `None` when the stream ends.
     pub async fn next(&mut self) -> Option<Event> {
-        let mut event = Event::default();
-        let mut any = false;
         loop {
             let line = next_line(&mut self.lines).await?;
             if line.is_empty() {
-                if any {
+                if let Some(event) = self.partial.take() {
                     return Some(event);
                 }
                 continue;
@@ -249,7 +250,7 @@ impl Sse {
                 continue;
             };
             let value = value.strip_prefix(' ').unwrap_or(value);
-            any = true;
+            let event = self.partial.get_or_insert_with(Event::default);
             match field {
                 "event" => event.event = Some(value.to_owned()),
                 "id" => event.id = Some(value.to_owned()),
@@ -258,6 +259,15 @@ impl Sse {
                 _ => {}
             }
         }
+    }
+
+    /// The next event that is not a heartbeat, or `Err` if none came
+    /// within `wait` (what was half-read is kept).
+    pub async fn next_event_within(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Result<Option<Event>, tokio::time::error::Elapsed> {
+        tokio::time::timeout(wait, self.next_event()).await
     }
 
     /// The next event that is not a heartbeat.
