@@ -417,8 +417,9 @@ export class Client {
   // Where a stream starts on this transport (stream.position, an SSE position or reset, a
   // /poll `streams` entry; `offset` is where live messages follow). recovered:true: our
   // position stands and the replay follows. recovered:false: the app must refetch; with
-  // `loose` (or reason unavailable, which echoes our own position) the next message of
-  // the stream is taken as the new start.
+  // `loose` the next message of the stream is taken as the new start. Not after
+  // `unavailable`: it echoes our own position, which stands; a gap after it means
+  // reconnect and resume (the server closes with 4010 itself).
   _position(t, e, loose) {
     if (!tracked(e)) return;
     const s = e.stream, p = this._pos.get(s);
@@ -433,7 +434,7 @@ export class Client {
     }
     if (r) p && (p.loose = 0);
     else if (r === false || !p || p.loose)
-      this._pos.set(s, { epoch: e.epoch, offset: e.offset, loose: r === false && (loose || e.reason == "unavailable") });
+      this._pos.set(s, { epoch: e.epoch, offset: e.offset, loose: r === false && loose && e.reason != "unavailable" });
   }
 
   _websocket(t) {
