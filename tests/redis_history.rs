@@ -508,3 +508,92 @@ async fn an_instance_killed_with_unacknowledged_inbox_entries_has_them_delivered
     texts.dedup();
     assert_eq!(texts.len(), total + 3, "every entry exactly once");
 }
+
+#[tokio::test]
+async fn in_redis_mode_each_reason_idempotency_and_room_join_since_work_as_in_memory() {
+    let redis = Redis::start().await;
+    let a = instance_with(Config {
+        history_size: 3,
+        history_ttl: Duration::from_millis(1500),
+        outbound_queue: 8,
+        ..config(&redis)
+    })
+    .await;
+    let (_, resumed) = connect_following(a.addr, "/ws/notifications?user=e", 2).await;
+    let head = resumed[0].at.clone();
+    for i in 0..5 {
+        notify(a.addr, "e", &format!("m{i}")).await;
+    }
+    let reason = |at: At| {
+        let path = format!("/ws/notifications?user=e&since={}", since(&[at]));
+        async move {
+            let mut ws = connect_raw(a.addr, &path).await;
+            let resumed = expect_position(&mut ws).await;
+            (resumed.recovered, resumed.reason)
+        }
+    };
+    assert_eq!(
+        reason(At::new("user:e", &head.epoch, 1)).await,
+        (Some(false), Some(Reason::TooOld))
+    );
+    assert_eq!(
+        reason(At::new("user:e", "0000deadbeef", 5)).await,
+        (Some(false), Some(Reason::EpochChanged))
+    );
+    assert_eq!(
+        reason(At::new("user:e", &head.epoch, 3)).await,
+        (Some(true), None)
+    );
+    assert_eq!(
+        reason(At::new("user:e", &head.epoch, 5)).await,
+        (Some(true), None)
+    );
+    // Older than HISTORY_TTL: gone, but a reader at the head loses nothing.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(
+        reason(At::new("user:e", &head.epoch, 4)).await,
+        (Some(false), Some(Reason::TooOld))
+    );
+    assert_eq!(
+        reason(At::new("user:e", &head.epoch, 5)).await,
+        (Some(true), None)
+    );
+    // More than the outbound queue to replay: limit.
+    let big = instance_with(Config {
+        outbound_queue: 4,
+        ..config(&redis)
+    })
+    .await;
+    let (_, resumed) = connect_following(big.addr, "/ws/notifications?user=l", 2).await;
+    for i in 0..10 {
+        notify(big.addr, "l", &format!("m{i}")).await;
+    }
+    let path = format!(
+        "/ws/notifications?user=l&since={}",
+        since(std::slice::from_ref(&resumed[0].at))
+    );
+    let (_ws, limited) = connect_following(big.addr, &path, 2).await;
+    assert_eq!(
+        (limited[0].recovered, limited[0].reason),
+        (Some(false), Some(Reason::Limit))
+    );
+    // Idempotency across instances: the key lives in Redis.
+    let body = serde_json::json!({ "message": "once" }).to_string();
+    let first = post_with_key(a.addr, "/notify/e", &body, "k-1").await;
+    let again = post_with_key(big.addr, "/notify/e", &body, "k-1").await;
+    assert_eq!(position_of(&first), position_of(&again));
+    assert_eq!(again.json()["duplicate"], true);
+    // room.join with since, on another instance than the one published on.
+    let r0 = publish_room(a.addr, "jr", "r0").await;
+    publish_room(a.addr, "jr", "r1").await;
+    let (mut ws, _) = connect_following(big.addr, "/ws/notifications?user=j", 2).await;
+    let join = wsnotify::protocol::json::ClientMessage::RoomJoin {
+        room: "jr".into(),
+        since: Some(format!("room:jr~{}~{}", r0.epoch, r0.offset)),
+    };
+    send_json(&mut ws, &join).await;
+    let resumed = expect_position(&mut ws).await;
+    assert_eq!(resumed.recovered, Some(true));
+    let (at, message) = next_placed(&mut ws).await;
+    assert_eq!((at.offset, text_of(&message)), (2, "r1".to_owned()));
+}
