@@ -551,8 +551,8 @@ mod tests {
         }
     }
 
-    /// No tickers, and history off: the JSON tests here are about the
-    /// dialect itself (history's are in `json`'s own tests).
+    /// No tickers, and history off: most tests here are about the dialect
+    /// itself (the last ones turn history on).
     fn config() -> Config {
         Config {
             notification_interval: Duration::ZERO,
@@ -566,7 +566,11 @@ mod tests {
     /// A node and one tracked session of `user` on it, as the upgrade
     /// starts it.
     fn start(config: Config, opening: Opening) -> (Arc<Node>, Client) {
-        let node = Node::new(config).unwrap();
+        start_on(Node::new(config).unwrap(), opening)
+    }
+
+    /// One more tracked session on `node`.
+    fn start_on(node: Arc<Node>, opening: Opening) -> (Arc<Node>, Client) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (server_read, server_write) = tokio::io::split(server);
         let (read, write) = tokio::io::split(client);
@@ -659,5 +663,47 @@ mod tests {
             outcome.await.unwrap(),
             crate::shutdown::Outcome::Drained(_)
         ));
+    }
+
+    /// A JSON session `path`-like opening from `since` (a raw value).
+    fn json(since: Option<String>) -> Opening {
+        Opening::Json { room: None, since }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_json_session_resumes_from_history_until_the_ttl_has_passed() {
+        let config = Config {
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            ..config()
+        };
+        let node = Node::new(config.clone()).unwrap();
+        let stream = crate::stream::Stream::User("u1".into());
+        let first = node
+            .publish(&stream, "one", None)
+            .await
+            .unwrap()
+            .at
+            .unwrap();
+        node.publish(&stream, "two", None).await.unwrap();
+        let given = format!("user:u1~{}~0", first.epoch);
+        let (client_node, mut client) = start_on(node.clone(), json(Some(given.clone())));
+        let position = client.text().await;
+        assert!(
+            position.contains(r#""stream":"user:u1""#) && position.contains(r#""recovered":true"#),
+            "{position}"
+        );
+        assert!(client.text().await.contains(r#""data":"one""#));
+        assert!(client.text().await.contains(r#""data":"two""#));
+        assert!(client.text().await.contains(r#""stream":"broadcast""#));
+        drop(client_node);
+        // A minute later (paused time) the messages are gone: too_old.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let (_, mut late) = start_on(node, json(Some(given)));
+        let position = late.text().await;
+        assert!(
+            position.contains(r#""recovered":false,"reason":"too_old""#),
+            "{position}"
+        );
     }
 }
