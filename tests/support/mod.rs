@@ -4,8 +4,10 @@
 //! awaited.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod history;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 
 use std::net::SocketAddr;
