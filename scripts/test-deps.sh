@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what `just test` needs beyond Rust, on Debian (as root, or with
+# sudo): redis-server (the Redis test image is built from it where no
+# registry serves one, and it is the stand-in where Docker is absent),
+# Chromium and chromedriver (tests/browser.rs), the TypeScript compiler
+# (tests/client_types.rs), and nginx (the proxy tests). Each is skipped if
+# already there. CI (.ci/run) runs this first.
+set -euo pipefail
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# command -> Debian package
+declare -A wanted=(
+    [redis-server]=redis-server
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
+    [tsc]=node-typescript
+    [nginx]=nginx
+)
+missing=()
+for cmd in "${!wanted[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${wanted[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "test-deps: installing ${missing[*]}"
+as_root apt-get update -qq
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Only the binaries are wanted: packaged services would hold ports 6379 and 80.
+for service in redis-server nginx; do
+    (as_root systemctl stop "$service" || as_root service "$service" stop || true) >/dev/null 2>&1
+done
