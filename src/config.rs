@@ -242,10 +242,27 @@ pub struct Config {
     #[arg(long, env = "INBOX_CLAIM_AFTER", default_value = "10", value_parser = positive_secs)]
     pub inbox_claim_after: Duration,
 
+    /// What `/ws/{name}` names: `client_id` (seed 000/001: the plain-text
+    /// protocol with that client id) or `room` (seed 003: the JSON protocol
+    /// in that room, as `/ws/rooms/{name}`). `/ws` and `/ws/rooms/…` are not
+    /// affected. Default: client_id.
+    #[arg(long, env = "WS_PATH", value_enum, default_value_t = WsPath::ClientId)]
+    pub ws_path: WsPath,
+
     /// A test hook, not a setting: how long a resume waits between reading
     /// history and going live, to widen the window a publish may fall into.
     #[arg(long, env = "WSNOTIFY_TEST_RESUME_DELAY", default_value = "0", value_parser = non_negative_secs, hide = true)]
     pub test_resume_delay: Duration,
+}
+
+/// What the name in `/ws/{name}` is (`WS_PATH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WsPath {
+    /// A client id of the plain-text protocol (seeds 000 and 001).
+    #[value(name = "client_id")]
+    ClientId,
+    /// A room of the JSON protocol (seed 003).
+    Room,
 }
 
 impl Default for Config {
@@ -281,6 +298,7 @@ impl Default for Config {
             history_meta_ttl: DEFAULT_HISTORY_META_TTL,
             drain_reconnect_spread: DEFAULT_DRAIN_RECONNECT_SPREAD,
             inbox_claim_after: DEFAULT_INBOX_CLAIM_AFTER,
+            ws_path: WsPath::ClientId,
             test_resume_delay: Duration::ZERO,
         }
     }

@@ -41,6 +41,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod probe;
 pub mod protocol;
 pub mod query;
 pub mod server;

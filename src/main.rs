@@ -1,19 +1,71 @@
-//! The `wsnotify` binary: configuration, logging, bind, signals, run.
+//! The `wsnotify` binary: configuration, logging, bind, signals, run; and
+//! two small commands for deployments: `wsnotify healthcheck` (the probe a
+//! container's HEALTHCHECK runs) and `wsnotify check-config` (settings
+//! checked without starting, for systemd's ExecStartPre).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use futures_util::Stream;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use wsnotify::node::Node;
+use wsnotify::probe::{self, DEFAULT_PROBE_TIMEOUT};
 use wsnotify::{Config, server};
+
+#[derive(Parser)]
+#[command(
+    name = "wsnotify",
+    version,
+    about,
+    args_conflicts_with_subcommands = false
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Exit 0 if the server at HOST:PORT answers 200 on /ready, 1 if not
+    /// (draining, Redis away, not running). Reads the server's settings.
+    Healthcheck,
+    /// Check every setting (and the JWT key file, the origins) as a start
+    /// would, and exit 0 without starting, or 1 naming what is wrong.
+    CheckConfig,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let Cli { command, config } = Cli::parse();
+    match command {
+        Some(Command::Healthcheck) => {
+            return match probe::ready(&config.host, config.port, DEFAULT_PROBE_TIMEOUT).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("wsnotify healthcheck: {err}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::CheckConfig) => {
+            return match Node::new(config) {
+                Ok(_) => {
+                    println!("wsnotify check-config: ok");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("wsnotify check-config: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -24,6 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use self::reply::{ResponseBody, error, json, json_ok, unauthorized};
+use crate::config::WsPath;
 use crate::limits::{invalid_room, valid_room};
 use crate::node::{BrokerHealth, Node, Reach, Readiness};
 use crate::upgrade::{self, Target};
@@ -160,6 +161,10 @@ where
         Route::WsNotifications => upgrade::websocket(&node, req, Target::Json(None)),
         Route::Poll => poll::poll(&node, req).await,
         Route::Sse => sse::sse(&node, req),
+        Route::Ws(Some(room)) if node.config().ws_path == WsPath::Room => {
+            let room = room.to_owned();
+            upgrade::websocket(&node, req, Target::Json(Some(room)))
+        }
         Route::Ws(client_id) => {
             let client_id = client_id.map(str::to_owned);
             upgrade::websocket(&node, req, Target::Text(client_id))
