@@ -4,20 +4,27 @@
 # The configured image (WSNOTIFY_REDIS_IMAGE, default redis:7-alpine) is used
 # when it is present or can be pulled. Machines without a registry get a small
 # image built here, FROM scratch, out of this machine's own redis-server
-# (Debian package) and the shared libraries it links: that image is named
-# wsnotify-redis:local and built once.
+# (Debian package), its redis-cli (for healthchecks) and the shared libraries
+# they link: that image is named wsnotify-redis:local and built once (again
+# when this script's recipe changes: see `revision`).
 set -euo pipefail
+. "$(dirname "$0")/rootfs.sh"
 
 image="${WSNOTIFY_REDIS_IMAGE:-redis:7-alpine}"
 local_image="wsnotify-redis:local"
+# Bumped when the recipe below changes, so that an image built by an older
+# one is rebuilt. 2: redis-cli added.
+revision=2
 
-if docker image inspect "$image" >/dev/null 2>&1; then
-    echo "$image"; exit 0
+if [ "$image" != "$local_image" ]; then
+    if docker image inspect "$image" >/dev/null 2>&1; then
+        echo "$image"; exit 0
+    fi
+    if timeout 30 docker pull "$image" >/dev/null 2>&1; then
+        echo "$image"; exit 0
+    fi
 fi
-if timeout 30 docker pull "$image" >/dev/null 2>&1; then
-    echo "$image"; exit 0
-fi
-if docker image inspect "$local_image" >/dev/null 2>&1; then
+if [ "$(image_recipe "$local_image")" = "$revision" ]; then
     echo "$local_image"; exit 0
 fi
 
@@ -32,21 +39,21 @@ echo "redis-image: $image unavailable; building $local_image from $server" >&2
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 root="$ctx/rootfs"
-mkdir -p "$root/usr/bin" "$root/data" "$root/tmp" "$root/etc"
-cp -L "$server" "$root/usr/bin/redis-server"
-# The binary's shared libraries and the dynamic loader, at their own paths.
-ldd "$server" | grep -oE '/[^ ]+' | sort -u | while read -r lib; do
-    cp -L --parents "$lib" "$root"
-done
+mkdir -p "$root/data" "$root/tmp" "$root/etc"
+add_binary "$root" "$server" /usr/bin/redis-server
+if cli="$(command -v redis-cli)"; then
+    add_binary "$root" "$cli" /usr/bin/redis-cli
+fi
 echo "redis:x:999:999::/data:/usr/sbin/nologin" > "$root/etc/passwd"
 chmod 1777 "$root/tmp"
-cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+cat > "$ctx/Dockerfile" <<DOCKERFILE
 FROM scratch
+LABEL wsnotify.recipe=$revision
 COPY rootfs/ /
 ENV PATH=/usr/bin
 WORKDIR /data
 EXPOSE 6379
 CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
 DOCKERFILE
-docker build --quiet -t "$local_image" "$ctx" >&2
+build_image "$ctx" "$local_image"
 echo "$local_image"

@@ -3,8 +3,10 @@
 # sudo): redis-server (the Redis test image is built from it where no
 # registry serves one, and it is the stand-in where Docker is absent),
 # Chromium and chromedriver (tests/browser.rs), the TypeScript compiler
-# (tests/client_types.rs), and nginx (the proxy tests). Each is skipped if
-# already there. CI (.ci/run) runs this first.
+# (tests/client_types.rs), nginx (the proxy tests), and what the seeds'
+# own clients and commands need (tests/seeds.rs): Debian's python3 with
+# websockets and PyJWT, curl, jq, redis-cli. Each is skipped if already
+# there. CI (.ci/run) runs this first.
 set -euo pipefail
 
 as_root() {
@@ -18,10 +20,22 @@ declare -A wanted=(
     [chromedriver]=chromium-driver
     [tsc]=node-typescript
     [nginx]=nginx
+    [curl]=curl
+    [jq]=jq
+    [redis-cli]=redis-tools
+)
+# Python module -> Debian package, checked with Debian's own interpreter
+# (the one these packages install into; tests/seeds.rs runs it too).
+declare -A wanted_python=(
+    [websockets]=python3-websockets
+    [jwt]=python3-jwt
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${wanted[$cmd]}")
+done
+for module in "${!wanted_python[@]}"; do
+    /usr/bin/python3 -c "import $module" >/dev/null 2>&1 || missing+=("${wanted_python[$module]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -32,3 +46,4 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-r
 for service in redis-server nginx; do
     (as_root systemctl stop "$service" || as_root service "$service" stop || true) >/dev/null 2>&1
 done
+fi

@@ -43,7 +43,7 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .expect("chromedriver (apt-get install chromium-driver)");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -160,9 +160,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The session dies with chromedriver (killed on drop), and takes
-        // its Chromium with it.
-        let _ = self.driver.start_kill();
+        // chromedriver and the Chromium it started, in one group.
+        super::kill_group(&self.driver);
     }
 }
 

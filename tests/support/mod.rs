@@ -6,9 +6,11 @@
 
 pub mod browser;
 pub mod history;
+pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod resume;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -537,6 +539,16 @@ pub fn upgrade_request(
         );
     }
     req
+}
+
+/// Kills `child` and everything it started (it must have been spawned with
+/// `process_group(0)`): nginx's workers and chromedriver's Chromium outlive
+/// a SIGKILL of their parent alone, and would hold the test's output open.
+pub fn kill_group(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: killpg(2) on our own child's group has no memory effects.
+        unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
+    }
 }
 
 /// Cases of a live property: `PROPTEST_CASES` if set, else `default`.
