@@ -46,4 +46,3 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-r
 for service in redis-server nginx; do
     (as_root systemctl stop "$service" || as_root service "$service" stop || true) >/dev/null 2>&1
 done
-fi
