@@ -6,7 +6,8 @@
 # (tests/client_types.rs), nginx (the proxy tests), and what the seeds'
 # own clients and commands need (tests/seeds.rs): Debian's python3 with
 # websockets and PyJWT, curl, jq, redis-cli. Each is skipped if already
-# there. CI (.ci/run) runs this first.
+# there; docker-compose too where Docker runs without compose v2 (the
+# deploy test). CI (.ci/run) runs this first.
 set -euo pipefail
 
 as_root() {
@@ -37,6 +38,12 @@ done
 for module in "${!wanted_python[@]}"; do
     /usr/bin/python3 -c "import $module" >/dev/null 2>&1 || missing+=("${wanted_python[$module]}")
 done
+# The deploy test (tests/deploy.rs) drives deploy/compose.yaml where Docker
+# runs: with compose v2 if the engine has it, else Debian's docker-compose.
+if command -v docker >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1 &&
+    ! docker compose version >/dev/null 2>&1; then
+    missing+=(docker-compose)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "test-deps: installing ${missing[*]}"

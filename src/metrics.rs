@@ -89,6 +89,13 @@ impl Metrics {
             inbox_lag: Gauge::default(),
             registry: Registry::default(),
         };
+        // Every outcome exists from the start at 0, so that rate() and
+        // increase() see the first resume of each kind (a series that
+        // appears at 1 has no earlier sample to count from).
+        metrics.resumed_zero(None);
+        for reason in crate::protocol::json::Reason::ALL {
+            metrics.resumed_zero(Some(reason.as_str()));
+        }
         let m = &metrics;
         registry.register(
             "active_connections",
@@ -276,7 +283,17 @@ impl Metrics {
 
     /// One stream resumed; `reason` is `None` when it was recovered.
     pub fn resumed(&self, reason: Option<&'static str>) {
-        let labels = match reason {
+        self.resumes
+            .get_or_create(&Self::resume_labels(reason))
+            .inc();
+    }
+
+    fn resumed_zero(&self, reason: Option<&'static str>) {
+        let _ = self.resumes.get_or_create(&Self::resume_labels(reason));
+    }
+
+    fn resume_labels(reason: Option<&'static str>) -> ResumeLabels {
+        match reason {
             None => ResumeLabels {
                 outcome: "recovered",
                 reason: "none",
@@ -285,8 +302,7 @@ impl Metrics {
                 outcome: "lost",
                 reason,
             },
-        };
-        self.resumes.get_or_create(&labels).inc();
+        }
     }
 
     /// A reader was closed with 4010.

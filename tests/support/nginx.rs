@@ -19,9 +19,10 @@ pub fn shipped() -> String {
 }
 
 /// `deploy/nginx.conf` with its upstream's `server` line replaced by one
-/// per `backends` entry (`host:port`), listening on `listen`, and with
-/// `proxy_read_timeout`/`proxy_send_timeout` set to `timeout` if given.
-pub fn config(backends: &[String], listen: u16, timeout: Option<&str>) -> String {
+/// per `backends` entry (`host:port`), `listen` on `listen` (`80`,
+/// `127.0.0.1:8080`), and with `proxy_read_timeout`/`proxy_send_timeout`
+/// set to `timeout` if given.
+pub fn config(backends: &[String], listen: &str, timeout: Option<&str>) -> String {
     let shipped = shipped();
     let mut out = String::new();
     let mut replaced = (0, 0, 0);
@@ -31,12 +32,12 @@ pub fn config(backends: &[String], listen: u16, timeout: Option<&str>) -> String
         if trimmed.starts_with("server wsnotify:8050") {
             for backend in backends {
                 out.push_str(&format!(
-                    "{indent}server {backend} max_fails=1 fail_timeout=5s;\n"
+                    "{indent}server {backend} max_fails=1 fail_timeout=10s;\n"
                 ));
             }
             replaced.0 += 1;
         } else if trimmed == "listen 80;" {
-            out.push_str(&format!("{indent}listen 127.0.0.1:{listen};\n"));
+            out.push_str(&format!("{indent}listen {listen};\n"));
             replaced.1 += 1;
         } else if let (Some(t), true) = (
             timeout,
@@ -104,7 +105,7 @@ impl Nginx {
             .iter()
             .map(|p| format!("    {p}_temp_path {};\n", dir.0.join(p).display()))
             .collect::<String>();
-        let conf = config(&backends, port, None).replacen(
+        let conf = config(&backends, &format!("127.0.0.1:{port}"), None).replacen(
             "http {\n",
             &format!("http {{\n{paths}    access_log off;\n"),
             1,
