@@ -24,6 +24,7 @@ declare -A wanted=(
     [curl]=curl
     [jq]=jq
     [redis-cli]=redis-tools
+    [systemd-analyze]=systemd
 )
 # Python module -> Debian package, checked with Debian's own interpreter
 # (the one these packages install into; tests/seeds.rs runs it too).
