@@ -121,6 +121,14 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", value_parser = redis_url)]
     pub redis_url: Option<String>,
 
+    /// Seed nodes of a Redis Cluster (7+), comma-separated
+    /// `redis://[:password@]host:port` URLs: streams are spread over the
+    /// cluster's primaries with sharded Pub/Sub (docs/ARCHITECTURE.md).
+    /// Exclusive with REDIS_URL. Default: unset.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',', value_parser = redis_url,
+          conflicts_with = "redis_url")]
+    pub redis_cluster_urls: Option<Vec<String>>,
+
     /// Seconds any Redis command or connection attempt may take before
     /// Redis counts as unreachable. Must be > 0. Default: 1.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "1", value_parser = positive_secs)]
@@ -277,6 +285,7 @@ impl Default for Config {
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             redis_url: None,
+            redis_cluster_urls: None,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             redis_refresh_interval: DEFAULT_REDIS_REFRESH_INTERVAL,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,

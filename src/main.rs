@@ -92,9 +92,10 @@ async fn start(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let addr = listener.local_addr()?;
     let signals = signals()?;
-    let broker = match &config.redis_url {
-        Some(url) => format!("Redis broker at {url}"),
-        None => "in-memory broker".to_owned(),
+    let broker = match (&config.redis_url, &config.redis_cluster_urls) {
+        (Some(url), _) => format!("Redis broker at {url}"),
+        (None, Some(seeds)) => format!("Redis Cluster broker, seeds {}", seeds.join(",")),
+        (None, None) => "in-memory broker".to_owned(),
     };
     tracing::info!(
         shutdown_timeout_s = config.shutdown_timeout.as_secs_f64(),

@@ -40,6 +40,16 @@ pub struct Metrics {
     inbox_rejected: Counter,
     inbox_pending: Gauge,
     inbox_lag: Gauge,
+    partitions_down: Gauge,
+    partition_down: Family<PartitionLabels, Gauge>,
+    /// The partitions that have a `partition_down` series.
+    partitions_seen: std::sync::Mutex<Vec<usize>>,
+}
+
+/// The label of `wsnotify_redis_partition_down`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub partition: String,
 }
 
 /// The labels of `wsnotify_resumes_total`.
@@ -87,6 +97,9 @@ impl Metrics {
             inbox_rejected: Counter::default(),
             inbox_pending: Gauge::default(),
             inbox_lag: Gauge::default(),
+            partitions_down: Gauge::default(),
+            partition_down: Family::default(),
+            partitions_seen: std::sync::Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
         // Every outcome exists from the start at 0, so that rate() and
@@ -213,6 +226,16 @@ impl Metrics {
             "Inbox entries no instance has read yet",
             m.inbox_lag.clone(),
         );
+        registry.register(
+            "redis_partitions_down",
+            "Redis Cluster mode: partitions whose shard subscription is not confirmed (/ready is 503 while > 0)",
+            m.partitions_down.clone(),
+        );
+        registry.register(
+            "redis_partition_down",
+            "Redis Cluster mode: 1 while this partition's shard subscription is lost (series of partitions that were ever down)",
+            m.partition_down.clone(),
+        );
         m.broker_up.set(1);
         Metrics {
             registry,
@@ -338,6 +361,34 @@ impl Metrics {
     pub fn inbox_backlog(&self, pending: u64, lag: u64) {
         self.inbox_pending.set(pending as i64);
         self.inbox_lag.set(lag as i64);
+    }
+
+    /// The cluster partitions down right now.
+    pub fn partitions_down(&self, down: &[usize]) {
+        self.partitions_down.set(down.len() as i64);
+        let mut seen = self
+            .partitions_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for &p in seen.iter() {
+            if !down.contains(&p) {
+                self.partition_gauge(p).set(0);
+            }
+        }
+        for &p in down {
+            self.partition_gauge(p).set(1);
+            if !seen.contains(&p) {
+                seen.push(p);
+            }
+        }
+    }
+
+    fn partition_gauge(&self, p: usize) -> Gauge {
+        self.partition_down
+            .get_or_create(&PartitionLabels {
+                partition: p.to_string(),
+            })
+            .clone()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::Stream as Signals;
 
 use crate::auth::{Auth, AuthError};
-use crate::broker::redis::{RedisBroker, Settings};
+use crate::broker::redis::{Endpoint, RedisBroker, Settings};
 use crate::broker::{Broker, MemoryBroker, StartError, Unavailable};
 use crate::config::Config;
 use crate::delivery::{Delivery, Inbound};
@@ -125,7 +125,12 @@ impl Node {
             bytes: config.outbound_queue_bytes,
         };
         let hub = Hub::new(bounds, metrics.clone());
-        let (hub, broker) = match &config.redis_url {
+        let endpoint = match (&config.redis_url, &config.redis_cluster_urls) {
+            (Some(url), _) => Some(Endpoint::Single(url.clone())),
+            (None, Some(seeds)) => Some(Endpoint::Cluster(seeds.clone())),
+            (None, None) => None,
+        };
+        let (hub, broker) = match endpoint {
             None => {
                 let hub = Arc::new(hub);
                 let history = config
@@ -135,10 +140,10 @@ impl Node {
                 let broker = Broker::Memory(MemoryBroker::new(Delivery::new(hub.clone()), history));
                 (hub, broker)
             }
-            Some(url) => {
+            Some(endpoint) => {
                 let (watcher, changes) = tokio::sync::mpsc::unbounded_channel();
                 let hub = Arc::new(hub.with_watcher(watcher));
-                let settings = Settings::from_config(&config, url);
+                let settings = Settings::from_config(&config, endpoint);
                 let delivery = Delivery::new(hub.clone());
                 let broker =
                     RedisBroker::start(settings, hub.clone(), changes, delivery, metrics.clone())?;
@@ -405,7 +410,7 @@ impl Node {
     pub fn readiness(&self) -> Readiness {
         if self.shutdown.is_draining() {
             Readiness::Draining
-        } else if !self.broker.is_up() {
+        } else if !self.broker.is_ready() {
             Readiness::BrokerDown
         } else {
             Readiness::Ready

@@ -162,12 +162,12 @@ async fn connections_sums_the_instances_and_forgets_a_killed_one() {
     // A graceful stop deletes its key at once instead of letting it expire.
     let mut conn = redis.client().await;
     let count_keys = async |conn: &mut ::redis::aio::MultiplexedConnection| {
-        let keys: Vec<String> = ::redis::cmd("KEYS")
-            .arg("wsnotify:connections:*")
+        let counts: usize = ::redis::cmd("HLEN")
+            .arg(wsnotify::broker::redis::COUNTS_KEY)
             .query_async(conn)
             .await
             .unwrap();
-        keys.len()
+        counts
     };
     assert_eq!(count_keys(&mut conn).await, 2);
     drop(_b1);
@@ -340,10 +340,10 @@ async fn the_binary_drains_in_redis_mode_and_withdraws_its_count() {
     let _ = tokio::time::timeout(PATIENCE, futures_util::StreamExt::next(&mut ws)).await;
     assert!(proc.exit(Duration::from_secs(3)).await);
     assert!(signalled.elapsed() < Duration::from_millis(3500));
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg("wsnotify:connections:*")
+    let counts: Vec<String> = ::redis::cmd("HKEYS")
+        .arg(wsnotify::broker::redis::COUNTS_KEY)
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(keys.is_empty(), "count keys left behind: {keys:?}");
+    assert!(counts.is_empty(), "counts left behind: {counts:?}");
 }

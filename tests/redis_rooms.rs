@@ -58,7 +58,7 @@ async fn start_proc(env: &[(&'static str, String)]) -> Proc {
 
 /// Waits until `n` instances hold `user` in `room` (the presence-of set).
 async fn wait_for_holders(redis: &Redis, room: &str, user: &str, n: usize) {
-    let key = format!("wsnotify:presence-of:{}:{room}:{user}", room.len());
+    let key = wsnotify::broker::redis::holders_key(room, user);
     let mut conn = redis.client().await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {

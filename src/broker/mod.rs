@@ -77,6 +77,8 @@ pub struct Appended {
 pub enum StartError {
     #[error("invalid REDIS_URL: {0}")]
     RedisUrl(#[source] ::redis::RedisError),
+    #[error("invalid REDIS_CLUSTER_URLS entry {0:?}: {1}")]
+    ClusterUrl(String, #[source] ::redis::RedisError),
 }
 
 /// The broker's part of `/health`.
@@ -85,6 +87,8 @@ pub enum BrokerHealth {
     Memory,
     Redis {
         up: bool,
+        /// On a cluster: the partitions without a subscription right now.
+        partitions_down: Option<Vec<usize>>,
         /// This instance's id in Redis.
         instance: String,
         /// Connection losses since start.
@@ -187,6 +191,15 @@ impl Broker {
         match self {
             Broker::Memory(_) => true,
             Broker::Redis(redis) => redis.is_up(),
+        }
+    }
+
+    /// Whether every message for this instance can reach it (`/ready`):
+    /// the broker is up and, on a cluster, every partition subscribed.
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Broker::Memory(_) => true,
+            Broker::Redis(redis) => redis.is_ready(),
         }
     }
 

@@ -246,18 +246,26 @@ fn health(node: &Node) -> Response<ResponseBody> {
         BrokerHealth::Memory => json!({ "kind": "memory", "status": "ok" }),
         BrokerHealth::Redis {
             up,
+            partitions_down,
             instance,
             outages,
             last_error,
             down_for,
-        } => json!({
-            "kind": "redis",
-            "status": if up { "ok" } else { "degraded" },
-            "instance": instance,
-            "outages": outages,
-            "last_error": last_error,
-            "down_for_s": down_for.map(|d| d.as_secs_f64()),
-        }),
+        } => {
+            let whole = up && partitions_down.as_ref().is_none_or(Vec::is_empty);
+            let mut broker = json!({
+                "kind": if partitions_down.is_some() { "redis-cluster" } else { "redis" },
+                "status": if whole { "ok" } else { "degraded" },
+                "instance": instance,
+                "outages": outages,
+                "last_error": last_error,
+                "down_for_s": down_for.map(|d| d.as_secs_f64()),
+            });
+            if let Some(down) = partitions_down {
+                broker["partitions_down"] = json!(down);
+            }
+            broker
+        }
     };
     let settings = health.history.settings;
     let mut history = json!({
@@ -286,7 +294,9 @@ fn ready(node: &Node) -> Response<ResponseBody> {
     let reason = match node.readiness() {
         Readiness::Ready => return json_ok(json!({ "ready": true })),
         Readiness::Draining => "shutting down",
-        Readiness::BrokerDown => "broker degraded: Redis unreachable",
+        Readiness::BrokerDown => {
+            "broker degraded: Redis unreachable, or a cluster partition unsubscribed"
+        }
     };
     json(
         StatusCode::SERVICE_UNAVAILABLE,

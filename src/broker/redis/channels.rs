@@ -23,12 +23,9 @@ pub const BROADCAST_CHANNEL: &str = "websocket:broadcast";
 pub const NOTIFY_PREFIX: &str = "notifications:";
 /// Prefix of the room channels: `rooms:{room}`.
 pub const ROOM_PREFIX: &str = "rooms:";
-/// Prefix of the per-instance connection-count keys.
-pub const COUNT_PREFIX: &str = "wsnotify:connections:";
-/// Prefix of a room's presence key: a sorted set of users by expiry.
-pub const PRESENCE_PREFIX: &str = "wsnotify:presence:";
-/// Prefix of the key listing the instances that hold one user in one room.
-pub const HOLDERS_PREFIX: &str = "wsnotify:presence-of:";
+/// The hash of every instance's connection count (field: instance id;
+/// value: `count:expiry_ms`), one key so that one slot holds them all.
+pub const COUNTS_KEY: &str = "wsnotify:{connections}";
 
 /// The Pub/Sub channel of a stream.
 pub fn channel(stream: &Stream) -> String {
@@ -44,22 +41,39 @@ pub fn room_channel(room: &str) -> String {
     format!("{ROOM_PREFIX}{room}")
 }
 
-/// The connection-count key of `instance`.
-pub fn count_key(instance: &str) -> String {
-    format!("{COUNT_PREFIX}{instance}")
+/// The partition of room `room`'s stream: its presence keys carry the
+/// same tag as its history, so a script over one room stays on one slot.
+pub fn room_partition(room: &str) -> usize {
+    partition(&Stream::Room(room.into()))
 }
 
-/// `wsnotify:presence:{room}`: the users present in `room`, each scored by
-/// the time (Unix ms, Redis' clock) their entry expires.
+/// `wsnotify:{TAG}:presence:{room}`: the users present in `room`, each
+/// scored by the time (Unix ms, Redis' clock) their entry expires.
 pub fn presence_key(room: &str) -> String {
-    format!("{PRESENCE_PREFIX}{room}")
+    format!("wsnotify:{{{}}}:presence:{room}", tag(room_partition(room)))
 }
 
-/// `wsnotify:presence-of:{len}:{room}:{user}`: the instances holding `user`
-/// in `room`, scored the same way. `len`, the room's length in bytes, keeps
-/// the key unambiguous whatever the user id holds.
+/// `wsnotify:{TAG}:presence-of:{len}:{room}:{user}`: the instances holding
+/// `user` in `room`, scored the same way. `len`, the room's length in
+/// bytes, keeps the key unambiguous whatever the user id holds.
 pub fn holders_key(room: &str, user: &str) -> String {
-    format!("{HOLDERS_PREFIX}{}:{room}:{user}", room.len())
+    format!(
+        "wsnotify:{{{}}}:presence-of:{}:{room}:{user}",
+        tag(room_partition(room)),
+        room.len()
+    )
+}
+
+/// The channel `instance` probes partition `p`'s subscription with (cluster
+/// mode): a message it publishes there must come back within
+/// `REDIS_TIMEOUT`, or the subscription is presumed dead.
+pub fn probe_channel(p: usize, instance: &str) -> String {
+    format!("wsnotify:{{{}}}:probe:{instance}", tag(p))
+}
+
+/// The partition whose tag lies in `slot`'s range.
+pub fn partition_of_slot(slot: u16) -> usize {
+    usize::from(slot) / (SLOTS as usize / PARTITIONS)
 }
 
 /// The JSON published on `websocket:broadcast` and `rooms:{room}` by an
@@ -248,7 +262,23 @@ mod tests {
         assert_eq!(channel(&Stream::User("42".into())), "notifications:42");
         assert_eq!(channel(&Stream::Room("test".into())), "rooms:test");
         assert_eq!(channel(&Stream::Broadcast), "websocket:broadcast");
-        assert_eq!(presence_key("r"), "wsnotify:presence:r");
-        assert_eq!(holders_key("r:1", "u"), "wsnotify:presence-of:3:r:1:u");
+        let t = tag(room_partition("r"));
+        assert_eq!(presence_key("r"), format!("wsnotify:{{{t}}}:presence:r"));
+        let t = tag(room_partition("r:1"));
+        assert_eq!(
+            holders_key("r:1", "u"),
+            format!("wsnotify:{{{t}}}:presence-of:3:r:1:u")
+        );
+        // A room's presence keys, history and channel share one slot.
+        let room = Stream::Room("lobby".into());
+        let slots = [
+            presence_key("lobby"),
+            holders_key("lobby", "x"),
+            stream_channel(&room),
+        ]
+        .map(|k| slot(k.as_bytes()));
+        assert!(slots.iter().all(|s| *s == slots[0]), "{slots:?}");
+        assert_eq!(partition_of_slot(slots[0]), partition(&room));
+        assert_eq!(partition_of_slot(slot(probe_channel(7, "i").as_bytes())), 7);
     }
 }

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use super::conn::Conn;
 use redis::{Script, Value};
 use tokio::time::timeout;
 
@@ -32,8 +32,10 @@ use crate::stream::Stream;
 const IDEMPOTENCY_TTL_MS: u64 = 300_000;
 
 /// KEYS: meta, log[, idem]. ARGV: epoch if new, body, size, ttl_ms,
-/// meta_ttl_ms, channel, fence epoch (or ''), fence offset, idem_ttl_ms.
-/// Returns {epoch, offset, ts, receivers, duplicate}.
+/// meta_ttl_ms, channel, fence epoch (or ''), fence offset, idem_ttl_ms,
+/// the publishing command (`PUBLISH`, or `SPUBLISH` on a cluster: the
+/// channel shares the keys' slot). Returns {epoch, offset, ts, receivers,
+/// duplicate}.
 const APPEND: &str = r"
 local meta, log, idem = KEYS[1], KEYS[2], KEYS[3]
 if idem then
@@ -54,7 +56,7 @@ redis.call('HSET', meta, 'e', epoch, 'o', head)
 redis.call('PEXPIRE', meta, ARGV[5])
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[3], '0-' .. head, 't', now, 'b', ARGV[2])
 redis.call('PEXPIRE', log, ARGV[4])
-local receivers = redis.call('PUBLISH', ARGV[6],
+local receivers = redis.call(ARGV[10], ARGV[6],
   cjson.encode({e = epoch, o = head, t = now, b = ARGV[2]}))
 if idem then
   redis.call('HSET', idem, 'e', epoch, 'o', head, 't', now)
@@ -134,15 +136,19 @@ pub struct RedisHistory {
     timeout: Duration,
     append: Script,
     read: Script,
+    /// `PUBLISH`, or `SPUBLISH` on a cluster.
+    publish: &'static str,
 }
 
 impl RedisHistory {
-    pub fn new(settings: Settings, timeout: Duration) -> Self {
+    /// `sharded`: on a cluster, appends are published with `SPUBLISH`.
+    pub fn new(settings: Settings, timeout: Duration, sharded: bool) -> Self {
         RedisHistory {
             settings,
             timeout,
             append: Script::new(APPEND),
             read: Script::new(READ),
+            publish: if sharded { "SPUBLISH" } else { "PUBLISH" },
         }
     }
 
@@ -150,7 +156,7 @@ impl RedisHistory {
     /// position this instance saw of it.
     pub async fn append(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         stream: &Stream,
         body: &str,
         key: Option<&str>,
@@ -170,7 +176,8 @@ impl RedisHistory {
             .arg(channels::stream_channel(stream))
             .arg(fence.map_or("", |f| &*f.epoch))
             .arg(fence.map_or(0, |f| f.offset))
-            .arg(IDEMPOTENCY_TTL_MS);
+            .arg(IDEMPOTENCY_TTL_MS)
+            .arg(self.publish);
         let (epoch, offset, ts, receivers, duplicate): (String, u64, u64, usize, u8) =
             self.run(call.invoke_async(conn)).await?;
         Ok(Appended {
@@ -186,7 +193,7 @@ impl RedisHistory {
     /// [`Reason::Limit`].
     pub async fn read(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         stream: &Stream,
         since: Option<&Position>,
         budget: &mut Budget,

@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use super::conn::Conn;
+use redis::Value;
 use tokio::time::timeout;
 
 use super::RedisBroker;
@@ -53,14 +53,11 @@ impl RedisBroker {
     /// Reads the inbox until the broker stops, on a connection of its own
     /// (a blocking read must not hold up the command connection).
     pub(super) async fn run_inbox(&self, claim_after: Duration) {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.settings.timeout))
-            .set_response_timeout(Some(self.settings.timeout + BLOCK));
         loop {
             let attempt = async {
                 let mut conn = self
-                    .client
-                    .get_multiplexed_async_connection_with_config(&config)
+                    .connector
+                    .blocking(self.settings.timeout + BLOCK)
                     .await?;
                 self.ensure_group(&mut conn).await?;
                 loop {
@@ -84,7 +81,7 @@ impl RedisBroker {
 
     /// Creates the group if it is missing, from the start of the stream: an
     /// entry added before any instance ever ran is read too.
-    async fn ensure_group(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    async fn ensure_group(&self, conn: &mut Conn) -> redis::RedisResult<()> {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(INBOX)
@@ -101,11 +98,7 @@ impl RedisBroker {
 
     /// One round: this instance's own pending entries (appends that failed),
     /// then others' stale ones, then new ones (blocking a while).
-    async fn consume(
-        &self,
-        conn: &mut MultiplexedConnection,
-        claim_after: Duration,
-    ) -> redis::RedisResult<()> {
+    async fn consume(&self, conn: &mut Conn, claim_after: Duration) -> redis::RedisResult<()> {
         let own = self.read_group(conn, "0", None).await?;
         self.handle(conn, own).await?;
         let claimed: (Value, Vec<Entry>, Value) = redis::cmd("XAUTOCLAIM")
@@ -128,7 +121,7 @@ impl RedisBroker {
     /// `XREADGROUP … STREAMS wsnotify:inbox {from}`.
     async fn read_group(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         from: &str,
         block: Option<Duration>,
     ) -> redis::RedisResult<Vec<Entry>> {
@@ -152,11 +145,7 @@ impl RedisBroker {
 
     /// Appends each entry (idempotently), then acknowledges and deletes it;
     /// an entry whose append failed stays pending, to be retried.
-    async fn handle(
-        &self,
-        conn: &mut MultiplexedConnection,
-        entries: Vec<Entry>,
-    ) -> redis::RedisResult<()> {
+    async fn handle(&self, conn: &mut Conn, entries: Vec<Entry>) -> redis::RedisResult<()> {
         for (id, fields) in entries {
             let fields = fields.unwrap_or_default();
             match entry(&fields) {
@@ -206,7 +195,7 @@ impl RedisBroker {
     }
 
     /// The group's pending entries and unread lag, into the metrics.
-    async fn report_backlog(&self, conn: &mut MultiplexedConnection) {
+    async fn report_backlog(&self, conn: &mut Conn) {
         let mut info = redis::cmd("XINFO");
         info.arg("GROUPS").arg(INBOX);
         let groups = info.query_async::<Vec<HashMap<String, Value>>>(conn);

@@ -11,13 +11,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::AsyncConnectionConfig;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
+
+use super::conn::Conn;
+use super::partitions::Timers;
+use super::shards::{Event, Shards};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::RedisBroker;
-use super::channels::{self, count_key};
+use super::channels::{self, COUNTS_KEY};
 use crate::hub::Change;
 use crate::stream::Stream;
 
@@ -57,28 +60,63 @@ pub(super) struct Health {
     pub announced: bool,
 }
 
-/// The subscriber connection's sending half.
+/// Keeps each instance's connection count: `set` (with a ttl), `del`, or
+/// `sum` of the others' unexpired counts (expired ones are dropped). KEYS:
+/// the counts hash. ARGV: op, instance[, count, ttl_ms].
+pub(super) const COUNTS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] == 'set' then
+  local ttl = tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. ':' .. (now + ttl))
+  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+  return 0
+end
+if ARGV[1] == 'del' then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  return 0
+end
+local sum = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local count, expiry = string.match(all[i + 1], '^(%d+):(%d+)$')
+  if (not expiry) or tonumber(expiry) <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif all[i] ~= ARGV[2] then
+    sum = sum + tonumber(count)
+  end
+end
+return sum
+";
+
+/// The subscriptions: the plain subscriber connection's sending half and,
+/// on a cluster with history, the shard subscriptions.
 pub(super) struct Subscriptions {
     sink: PubSubSink,
     /// Whether streams have history, so a channel of their own as well.
     history: bool,
+    /// Cluster mode with history: the streams' channels are sharded.
+    pub shards: Option<Shards>,
 }
 
 impl Subscriptions {
-    /// The channels of `stream`: the seeds' (live, open to any publisher)
-    /// and, with history on, the stream's own.
+    /// The plain channels of `stream`: the seeds' (live, open to any
+    /// publisher) and, with history on one Redis, the stream's own.
     fn channels(&self, stream: &Stream) -> impl Iterator<Item = String> {
-        let own = self.history.then(|| channels::stream_channel(stream));
+        let own = (self.history && self.shards.is_none()).then(|| channels::stream_channel(stream));
         std::iter::once(channels::channel(stream)).chain(own)
     }
 
     /// Subscribes to the streams marked `true` and unsubscribes from the
-    /// others, in chunks, within `limit`.
+    /// others, in chunks, within `limit`. Returns the streams whose
+    /// liveness changes now: all of them with one Redis; on a cluster the
+    /// ones no longer followed (a followed one is live once its partition
+    /// confirms its channel).
     pub async fn apply(
         &mut self,
         streams: &HashMap<Stream, bool>,
         limit: Duration,
-    ) -> Result<(), LinkError> {
+    ) -> Result<Vec<(Stream, bool)>, LinkError> {
         let names = |wanted: bool| {
             streams
                 .iter()
@@ -97,17 +135,28 @@ impl Subscriptions {
             Ok::<(), redis::RedisError>(())
         };
         match timeout(limit, work).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(LinkError::Timeout("SUBSCRIBE")),
+            Ok(result) => result?,
+            Err(_) => return Err(LinkError::Timeout("SUBSCRIBE")),
         }
+        Ok(match &mut self.shards {
+            Some(shards) => shards
+                .apply(streams)
+                .await
+                .into_iter()
+                .map(|stream| (stream, false))
+                .collect(),
+            None => streams.iter().map(|(s, on)| (s.clone(), *on)).collect(),
+        })
     }
 }
 
-/// A live pair of connections to Redis.
+/// A live link to Redis: the command connection and the subscriptions.
 pub(super) struct Link {
-    conn: MultiplexedConnection,
+    conn: Conn,
     subscriptions: Subscriptions,
     messages: PubSubStream,
+    /// The shard subscriptions' events (cluster mode with history).
+    shard_events: Option<mpsc::UnboundedReceiver<Event>>,
     channels: usize,
 }
 
@@ -158,17 +207,22 @@ impl RedisBroker {
     }
 
     async fn connect(&self) -> Result<Link, LinkError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.settings.timeout))
-            .set_response_timeout(Some(self.settings.timeout));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let (sink, messages) = self.client.get_async_pubsub().await?.split();
+        let mut conn = self.connector.command(self.settings.timeout).await?;
+        let (sink, messages) = self.connector.plain_subscriber().await?.split();
+        let (shards, shard_events) = if self.connector.is_cluster() && self.history.is_some() {
+            let (shards, events) = Shards::new(
+                &self.settings.instance,
+                self.connector.credentials(),
+                self.settings.timeout,
+            );
+            (Some(shards), Some(events))
+        } else {
+            (None, None)
+        };
         let mut subscriptions = Subscriptions {
             sink,
             history: self.history.is_some(),
+            shards,
         };
         let streams: Vec<Stream> = std::iter::once(Stream::Broadcast)
             .chain(self.hub.users().into_iter().map(Stream::User))
@@ -182,12 +236,24 @@ impl RedisBroker {
             subscriptions.sink.subscribe(chunk).await?;
         }
         self.refresh_count(&mut conn).await?;
-        self.catch_up(&mut conn).await?;
-        self.mark_live(streams.into_iter().map(|stream| (stream, true)));
+        match &mut subscriptions.shards {
+            // Each partition catches up and goes live as it is confirmed.
+            Some(shards) => {
+                let all = streams.into_iter().map(|s| (s, true)).collect();
+                shards.apply(&all).await;
+                shards.repair(&mut conn).await?;
+                self.partitions_changed(shards);
+            }
+            None => {
+                self.catch_up(&mut conn, None).await?;
+                self.mark_live(streams.into_iter().map(|stream| (stream, true)));
+            }
+        }
         Ok(Link {
             conn,
             subscriptions,
             messages,
+            shard_events,
             channels: names.len(),
         })
     }
@@ -202,8 +268,10 @@ impl RedisBroker {
             mut conn,
             mut subscriptions,
             mut messages,
+            mut shard_events,
             ..
         } = link;
+        let mut timers = Timers::new(subscriptions.shards.as_ref());
         let mut check = tokio::time::interval(self.settings.refresh);
         check.tick().await; // the first tick is immediate; connect just checked
         // The first tick is immediate: after a reconnect, entries that
@@ -237,7 +305,21 @@ impl RedisBroker {
                     }
                     self.follow(&mut subscriptions, &mut conn, batch).await
                 }
-                _ = check.tick() => self.check(&mut subscriptions, &mut conn).await,
+                _ = check.tick() => {
+                    let checked = self.check(&mut subscriptions, &mut conn).await;
+                    if checked.is_ok() {
+                        self.probe_partitions(&mut subscriptions, &conn, &mut timers).await;
+                    }
+                    checked
+                }
+                Some(event) = Timers::event(&mut shard_events) => {
+                    self.on_shard_event(&mut subscriptions, &mut conn, event, &mut timers).await
+                }
+                _ = timers.repair() => self.repair_partitions(&mut subscriptions, &mut conn, &mut timers).await,
+                _ = timers.probes() => {
+                    self.silent_partitions(&mut subscriptions, &mut timers);
+                    Ok(())
+                }
                 _ = presence.tick() => {
                     let first = std::mem::take(&mut resync);
                     let refreshed = self.refresh_presence(&mut conn).await;
@@ -260,7 +342,7 @@ impl RedisBroker {
     async fn leave_redis(
         &self,
         subscriptions: &mut Subscriptions,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         changes: &mut mpsc::UnboundedReceiver<Change>,
     ) {
         let mut last = Vec::new();
@@ -274,9 +356,9 @@ impl RedisBroker {
         if let Err(err) = withdrawn.await {
             tracing::debug!(%err, "could not withdraw the last presence entries");
         }
-        let mut del = redis::cmd("DEL");
-        del.arg(count_key(&self.settings.instance));
-        let _ = timeout(self.settings.timeout, del.query_async::<()>(conn)).await;
+        let mut del = self.counts.prepare_invoke();
+        del.key(COUNTS_KEY).arg("del").arg(&self.settings.instance);
+        let _ = timeout(self.settings.timeout, del.invoke_async::<()>(conn)).await;
     }
 
     /// Pings the subscriber (a paused Redis answers nothing) and refreshes
@@ -284,7 +366,7 @@ impl RedisBroker {
     async fn check(
         &self,
         subscriptions: &mut Subscriptions,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
     ) -> Result<(), LinkError> {
         let both = async {
             subscriptions.sink.ping::<redis::Value>().await?;
@@ -296,14 +378,16 @@ impl RedisBroker {
         }
     }
 
-    async fn refresh_count(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    async fn refresh_count(&self, conn: &mut Conn) -> redis::RedisResult<()> {
         let ttl_ms = (self.settings.refresh * 2).as_millis().max(1) as u64;
-        redis::cmd("SET")
-            .arg(count_key(&self.settings.instance))
+        self.counts
+            .prepare_invoke()
+            .key(COUNTS_KEY)
+            .arg("set")
+            .arg(&self.settings.instance)
             .arg(self.hub.len())
-            .arg("PX")
             .arg(ttl_ms)
-            .query_async(conn)
+            .invoke_async(conn)
             .await
     }
 
@@ -318,7 +402,7 @@ impl RedisBroker {
                 since.elapsed().as_secs_f64()
             ),
             _ => tracing::info!(
-                url = %self.settings.url,
+                redis = %self.settings.endpoint,
                 instance = %self.settings.instance,
                 "connected to redis; cross-instance delivery on"
             ),
@@ -341,7 +425,7 @@ impl RedisBroker {
             health.announced = true;
         } else if !health.announced {
             tracing::warn!(
-                url = %self.settings.url,
+                redis = %self.settings.endpoint,
                 "redis unreachable at start-up ({why}): starting in degraded mode, serving local clients only, retrying in the background"
             );
             health.announced = true;

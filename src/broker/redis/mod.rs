@@ -32,12 +32,15 @@
 //! sent, and the publisher retries with its idempotency key.
 
 mod channels;
+mod conn;
 mod history;
 mod inbound;
 mod inbox;
 mod link;
+mod partitions;
 mod presence;
 mod publisher;
+mod shards;
 mod streams;
 
 use std::collections::HashSet;
@@ -45,14 +48,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::Client;
-use redis::aio::MultiplexedConnection;
+use self::conn::{Conn, Connector};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::channels::{BROADCAST_CHANNEL, COUNT_PREFIX, count_key, room_channel};
+use self::channels::{BROADCAST_CHANNEL, room_channel};
 use self::history::RedisHistory;
 use self::inbound::Router;
 use self::link::Health;
@@ -64,7 +66,9 @@ use crate::hub::{Change, Fanout, Hub};
 use crate::metrics::Metrics;
 use crate::stream::Stream;
 
-pub use self::channels::{NOTIFY_PREFIX, ROOM_PREFIX};
+/// Channel and key names, for operators (and tests) that look into Redis.
+pub use self::channels::{COUNTS_KEY, NOTIFY_PREFIX, ROOM_PREFIX, holders_key, presence_key};
+pub use self::conn::Endpoint;
 
 /// Broadcasts waiting for the publisher task; beyond this, cross-instance
 /// copies are dropped (local clients already have theirs) and counted.
@@ -73,7 +77,8 @@ const PUBLISH_QUEUE: usize = 8192;
 /// The Redis broker's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub url: String,
+    /// One Redis or a cluster's seed nodes.
+    pub endpoint: Endpoint,
     /// This instance's id: the `origin` of its messages and its count key.
     pub instance: String,
     /// Longest wait for any Redis command or connection.
@@ -92,10 +97,11 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for `url` from the server's configuration, with a fresh id.
-    pub fn from_config(config: &Config, url: &str) -> Self {
+    /// Settings for `endpoint` from the server's configuration, with a
+    /// fresh id.
+    pub fn from_config(config: &Config, endpoint: Endpoint) -> Self {
         Settings {
-            url: url.to_owned(),
+            endpoint,
             instance: uuid::Uuid::new_v4().to_string(),
             timeout: config.redis_timeout,
             refresh: config.redis_refresh_interval,
@@ -110,7 +116,7 @@ impl Settings {
 /// The Redis broker of one instance.
 pub struct RedisBroker {
     settings: Settings,
-    client: Client,
+    connector: Connector,
     /// Read for what to subscribe to and what presence to refresh.
     hub: Arc<Hub>,
     /// Where local clients' messages go (while Redis is down too).
@@ -121,11 +127,13 @@ pub struct RedisBroker {
     up: AtomicBool,
     /// The command connection while up. Cloning a multiplexed connection is
     /// cheap and shares one socket; the lock is held only to clone or swap.
-    conn: Mutex<Option<MultiplexedConnection>>,
+    conn: Mutex<Option<Conn>>,
     health: Mutex<Health>,
     /// (channel, envelope) pairs for the publisher task.
     outgoing: mpsc::Sender<(String, String)>,
     presence: PresenceStore,
+    /// The connection-count script ([`link::COUNTS`]).
+    counts: redis::Script,
     /// The history scripts; `None` with history off.
     history: Option<RedisHistory>,
     /// The streams whose channels the subscriber is on right now; readers
@@ -133,6 +141,9 @@ pub struct RedisBroker {
     live: Mutex<HashSet<Stream>>,
     /// Told whenever `live` changes.
     live_changed: Notify,
+    /// Cluster partitions without a confirmed subscription (cluster mode);
+    /// `/ready` is 503 while any is.
+    partitions_down: Mutex<Vec<usize>>,
     /// A roster could not be read from Redis: resend every room's roster at
     /// the next presence refresh.
     needs_resync: AtomicBool,
@@ -168,7 +179,7 @@ impl RedisBroker {
         delivery: Delivery,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, StartError> {
-        let client = Client::open(settings.url.as_str()).map_err(StartError::RedisUrl)?;
+        let connector = Connector::new(&settings.endpoint, settings.timeout)?;
         let (outgoing, publish_queue) = mpsc::channel(PUBLISH_QUEUE);
         metrics.broker_up(false);
         let presence =
@@ -176,11 +187,11 @@ impl RedisBroker {
         let history = settings
             .history
             .enabled()
-            .then(|| RedisHistory::new(settings.history, settings.timeout));
+            .then(|| RedisHistory::new(settings.history, settings.timeout, connector.is_cluster()));
         let broker = Arc::new(RedisBroker {
             router: Router::new(&settings.instance, delivery.clone()),
             settings,
-            client,
+            connector,
             hub,
             delivery,
             metrics,
@@ -192,9 +203,11 @@ impl RedisBroker {
             }),
             outgoing,
             presence,
+            counts: redis::Script::new(link::COUNTS),
             history,
             live: Mutex::new(HashSet::new()),
             live_changed: Notify::new(),
+            partitions_down: Mutex::new(Vec::new()),
             needs_resync: AtomicBool::new(false),
             recorded: Mutex::new(HashSet::new()),
             suspect: Notify::new(),
@@ -222,6 +235,18 @@ impl RedisBroker {
     /// Whether Redis is reachable right now.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether every message for this instance can reach it: Redis is
+    /// reachable and, on a cluster, every partition is subscribed.
+    pub fn is_ready(&self) -> bool {
+        self.is_up() && self.lock_down().is_empty()
+    }
+
+    fn lock_down(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.partitions_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Delivers a broadcast or room message locally, then queues its
@@ -296,14 +321,16 @@ impl RedisBroker {
         }
     }
 
-    /// The cluster-wide connection count: every live instance's key, with
-    /// this instance's own figure (`local`) taken live. Local only while
+    /// The cluster-wide connection count: every live instance's figure,
+    /// with this instance's own (`local`) taken live. Local only while
     /// Redis is down.
     pub async fn connections(&self, local: usize) -> (usize, Reach) {
         let Some(mut conn) = self.command_connection() else {
             return (local, Reach::ThisInstance);
         };
-        match timeout(self.settings.timeout, self.others(&mut conn)).await {
+        let mut sum = self.counts.prepare_invoke();
+        sum.key(COUNTS_KEY).arg("sum").arg(&self.settings.instance);
+        match timeout(self.settings.timeout, sum.invoke_async::<usize>(&mut conn)).await {
             Ok(Ok(others)) => (local + others, Reach::Everywhere),
             _ => {
                 self.suspect.notify_one();
@@ -312,38 +339,16 @@ impl RedisBroker {
         }
     }
 
-    /// Sums the count keys of the other instances.
-    async fn others(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<usize> {
-        let own = count_key(&self.settings.instance);
-        let mut keys = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{COUNT_PREFIX}*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(conn)
-                .await?;
-            keys.extend(batch.into_iter().filter(|k| *k != own));
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let counts: Vec<Option<usize>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
-        Ok(counts.into_iter().flatten().sum())
-    }
-
     /// The link's state, for `/health`.
     pub fn health(&self) -> BrokerHealth {
+        let partitions_down = self
+            .connector
+            .is_cluster()
+            .then(|| self.lock_down().clone());
         let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         BrokerHealth::Redis {
             up: self.is_up(),
+            partitions_down,
             instance: self.settings.instance.clone(),
             outages: health.outages,
             last_error: health.last_error.clone(),
@@ -365,13 +370,13 @@ impl RedisBroker {
         }
     }
 
-    fn command_connection(&self) -> Option<MultiplexedConnection> {
+    fn command_connection(&self) -> Option<Conn> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Installs (`Some`) or drops the command connection and marks the link
     /// up or down; returns whether it was up.
-    fn set_connection(&self, conn: Option<MultiplexedConnection>) -> bool {
+    fn set_connection(&self, conn: Option<Conn>) -> bool {
         let up = conn.is_some();
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
         self.up.swap(up, Ordering::Relaxed)

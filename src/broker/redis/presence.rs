@@ -18,18 +18,20 @@
 //! Redis' `TIME`, so instance clocks need not agree (Redis 5 or later).
 //!
 //! Every key a script touches comes in `KEYS`, every channel in `ARGV`, both
-//! named by [`channels`]. Each call takes up to [`CHUNK`] pairs or rooms.
+//! named by [`channels`]. A room's keys carry its partition's hash tag, and
+//! each call takes up to [`CHUNK`] pairs or rooms of one partition, so that
+//! on a Redis Cluster every call stays on one slot.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::conn::Conn;
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 use tokio::time::timeout;
 
 use super::RedisBroker;
-use super::channels::{holders_key, presence_key, room_channel};
+use super::channels::{holders_key, presence_key, room_channel, room_partition};
 use super::link::LinkError;
 use super::link::Subscriptions;
 use crate::delivery::Inbound;
@@ -188,7 +190,7 @@ impl PresenceStore {
     /// pairs no instance held before, whose join the script has published.
     pub async fn refresh<R: AsRef<str>, U: AsRef<str>>(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         pairs: &[(R, U)],
     ) -> Result<Pairs, LinkError> {
         self.per_pair(&self.refresh, conn, pairs).await
@@ -198,7 +200,7 @@ impl PresenceStore {
     /// instance holds any more (their leave is published).
     pub async fn leave<R: AsRef<str>, U: AsRef<str>>(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         pairs: &[(R, U)],
     ) -> Result<Pairs, LinkError> {
         self.per_pair(&self.leave, conn, pairs).await
@@ -207,15 +209,18 @@ impl PresenceStore {
     async fn per_pair<R: AsRef<str>, U: AsRef<str>>(
         &self,
         script: &Script,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         pairs: &[(R, U)],
     ) -> Result<Pairs, LinkError> {
         let mut changed = Pairs::new();
-        for chunk in pairs.chunks(CHUNK) {
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(r, u)| (r.as_ref(), u.as_ref()))
+            .collect();
+        for chunk in per_partition(&pairs, |(room, _)| room) {
             let mut call = script.prepare_invoke();
             call.arg(&self.instance).arg(self.ttl_ms);
             for (room, user) in chunk {
-                let (room, user) = (room.as_ref(), user.as_ref());
                 call.key(presence_key(room)).key(holders_key(room, user));
                 call.arg(room).arg(user).arg(room_channel(room));
             }
@@ -229,15 +234,15 @@ impl PresenceStore {
     /// own entries are fresh.
     pub async fn sweep<R: AsRef<str>>(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         rooms: &[R],
     ) -> Result<Pairs, LinkError> {
         let mut departed = Pairs::new();
-        for chunk in rooms.chunks(CHUNK) {
+        let rooms: Vec<&str> = rooms.iter().map(AsRef::as_ref).collect();
+        for chunk in per_partition(&rooms, |room| room) {
             let mut call = self.sweep.prepare_invoke();
             call.arg(&self.instance);
             for room in chunk {
-                let room = room.as_ref();
                 call.key(presence_key(room))
                     .arg(room)
                     .arg(room_channel(room));
@@ -250,19 +255,23 @@ impl PresenceStore {
     /// The users present in each of `rooms`, in the same order.
     pub async fn list<R: AsRef<str>>(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         rooms: &[R],
     ) -> Result<Vec<Vec<String>>, LinkError> {
-        let mut lists = Vec::with_capacity(rooms.len());
-        for chunk in rooms.chunks(CHUNK) {
+        let mut lists: HashMap<&str, Vec<String>> = HashMap::with_capacity(rooms.len());
+        let names: Vec<&str> = rooms.iter().map(AsRef::as_ref).collect();
+        for chunk in per_partition(&names, |room| room) {
             let mut call = self.list.prepare_invoke();
-            for room in chunk {
-                call.key(presence_key(room.as_ref()));
+            for room in &chunk {
+                call.key(presence_key(room));
             }
             let chunk_lists: Vec<Vec<String>> = self.run(call.invoke_async(conn)).await?;
-            lists.extend(chunk_lists);
+            lists.extend(chunk.iter().copied().zip(chunk_lists));
         }
-        Ok(lists)
+        Ok(names
+            .iter()
+            .map(|room| lists.get(room).cloned().unwrap_or_default())
+            .collect())
     }
 
     async fn run<T>(
@@ -274,6 +283,22 @@ impl PresenceStore {
             Err(_) => Err(LinkError::Timeout("a presence script")),
         }
     }
+}
+
+/// `items` grouped by their room's partition, in chunks of at most
+/// [`CHUNK`]: every chunk's keys share one hash slot.
+fn per_partition<'a, T: Copy>(items: &'a [T], room: impl Fn(T) -> &'a str) -> Vec<Vec<T>> {
+    let mut groups: HashMap<usize, Vec<T>> = HashMap::new();
+    for &item in items {
+        groups
+            .entry(room_partition(room(item)))
+            .or_default()
+            .push(item);
+    }
+    groups
+        .into_values()
+        .flat_map(|group| group.chunks(CHUNK).map(<[T]>::to_vec).collect::<Vec<_>>())
+        .collect()
 }
 
 /// A flat room, user, room, user, … list as pairs.
@@ -332,13 +357,13 @@ impl RedisBroker {
     pub(super) async fn follow(
         &self,
         subscriptions: &mut Subscriptions,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         changes: Vec<Change>,
     ) -> Result<(), LinkError> {
         let mut batch = Batch::of(changes);
         let streams = std::mem::take(&mut batch.streams);
-        subscriptions.apply(&streams, self.settings.timeout).await?;
-        self.mark_live(streams);
+        let changed = subscriptions.apply(&streams, self.settings.timeout).await?;
+        self.mark_live(changed);
         let (arrived, departed) = batch.split_pairs();
         // Recorded before the script runs (it may change Redis and still
         // fail to answer); forgotten only once withdrawn. An extra entry
@@ -401,10 +426,7 @@ impl RedisBroker {
     /// expired (an instance that died). The scripts announce what changed:
     /// missed and swept users leave, users whose entries had expired here
     /// (a Redis outage) rejoin.
-    pub(super) async fn refresh_presence(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<(), LinkError> {
+    pub(super) async fn refresh_presence(&self, conn: &mut Conn) -> Result<(), LinkError> {
         let held: HashSet<(String, String)> = self
             .hub
             .presences()
@@ -429,10 +451,7 @@ impl RedisBroker {
     }
 
     /// Withdraws every entry this instance recorded: it is going away.
-    pub(super) async fn withdraw_all(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<(), LinkError> {
+    pub(super) async fn withdraw_all(&self, conn: &mut Conn) -> Result<(), LinkError> {
         let all: Vec<_> = {
             let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
             recorded.iter().cloned().collect()
@@ -444,10 +463,7 @@ impl RedisBroker {
     /// published while this instance was cut off are lost (Pub/Sub keeps
     /// nothing), and entries that expired meanwhile were swept by nobody.
     /// Runs after the first refresh of each link, and after a failed list.
-    pub(super) async fn resync_rosters(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<(), LinkError> {
+    pub(super) async fn resync_rosters(&self, conn: &mut Conn) -> Result<(), LinkError> {
         let rooms = self.hub.rooms();
         let lists = self.presence.list(conn, &rooms).await?;
         for (room, listed) in rooms.iter().zip(lists) {

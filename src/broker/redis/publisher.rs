@@ -48,11 +48,29 @@ impl RedisBroker {
         }
     }
 
-    /// PUBLISHes `batch` in one pipeline; whether Redis took it.
+    /// PUBLISHes `batch` in one pipeline (on a cluster, where a pipeline
+    /// must stay on one slot, as concurrent commands); whether Redis took it.
     async fn send(&self, batch: &[(String, String)]) -> bool {
         let Some(mut conn) = self.command_connection() else {
             return false;
         };
+        if conn.is_cluster() {
+            let sends = batch.iter().map(|(channel, envelope)| {
+                let mut conn = conn.clone();
+                async move {
+                    redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(envelope)
+                        .query_async::<()>(&mut conn)
+                        .await
+                }
+            });
+            let all = futures_util::future::join_all(sends);
+            return matches!(
+                timeout(self.settings.timeout, all).await,
+                Ok(results) if results.iter().all(Result::is_ok)
+            );
+        }
         let mut pipe = redis::pipe();
         for (channel, envelope) in batch {
             pipe.cmd("PUBLISH").arg(channel).arg(envelope).ignore();

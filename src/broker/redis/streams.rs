@@ -8,11 +8,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use redis::aio::MultiplexedConnection;
+use super::conn::Conn;
 use tokio::time::timeout;
 
 use super::RedisBroker;
-use super::channels::stream_keys;
+use super::channels::{partition, stream_keys};
 use super::history::Appended;
 use super::inbound::{Found, UNKNOWN_TS};
 use super::link::LinkError;
@@ -110,6 +110,18 @@ impl RedisBroker {
         self.live_changed.notify_waiters();
     }
 
+    /// Marks `streams` not subscribed, keeping their last positions: their
+    /// partition is down, and coming back it compares with them.
+    pub(super) fn unlive(&self, streams: impl IntoIterator<Item = Stream>) {
+        {
+            let mut live = self.lock_live();
+            for stream in streams {
+                live.remove(&stream);
+            }
+        }
+        self.live_changed.notify_waiters();
+    }
+
     /// Forgets every subscription (the link is down).
     pub(super) fn clear_live(&self) {
         self.lock_live().clear();
@@ -121,7 +133,7 @@ impl RedisBroker {
     }
 
     /// Acts on what routing a message found.
-    pub(super) async fn act_on(&self, found: Found, conn: &mut MultiplexedConnection) {
+    pub(super) async fn act_on(&self, found: Found, conn: &mut Conn) {
         let Found::Rollback(stream, fence) = found else {
             return;
         };
@@ -144,44 +156,61 @@ impl RedisBroker {
         tracing::warn!(%stream, closed, "closed the readers of a rolled-back stream; they resume");
     }
 
-    /// After a reconnect: every stream whose head moved while this instance
-    /// was not subscribed has readers with a gap; they are closed with 4010
-    /// and resume.
-    pub(super) async fn catch_up(&self, conn: &mut MultiplexedConnection) -> Result<(), LinkError> {
+    /// After a reconnect (of the whole link, or of `only` these streams'
+    /// partition): every stream whose head moved while this instance was
+    /// not subscribed has readers with a gap; they are closed with 4010 and
+    /// resume. The heads are read one partition (one slot) per pipeline.
+    pub(super) async fn catch_up(
+        &self,
+        conn: &mut Conn,
+        only: Option<&[Stream]>,
+    ) -> Result<(), LinkError> {
         if self.history.is_none() {
             return Ok(());
         }
-        let seen = self.router.seen.all();
-        if seen.is_empty() {
-            return Ok(());
+        let mut seen = self.router.seen.all();
+        if let Some(only) = only {
+            let only: HashSet<&Stream> = only.iter().collect();
+            seen.retain(|(stream, _)| only.contains(stream));
         }
-        let mut pipe = redis::pipe();
-        for (stream, _) in &seen {
-            pipe.cmd("HMGET")
-                .arg(stream_keys(stream, None).0)
-                .arg("e")
-                .arg("o");
+        let mut by_partition: HashMap<usize, Vec<(Stream, Position)>> = HashMap::new();
+        for (stream, last) in seen {
+            by_partition
+                .entry(partition(&stream))
+                .or_default()
+                .push((stream, last.position));
         }
-        let heads: Vec<(Option<String>, Option<u64>)> =
-            match timeout(self.settings.timeout, pipe.query_async(conn)).await {
-                Ok(result) => result?,
-                Err(_) => return Err(LinkError::Timeout("reading the heads after a reconnect")),
-            };
         let mut moved: HashMap<Stream, Position> = HashMap::new();
-        for ((stream, last), (epoch, head)) in seen.into_iter().zip(heads) {
-            let now = Position::new(
-                Arc::<str>::from(epoch.unwrap_or_default()),
-                head.unwrap_or(0),
-            );
-            if now != last.position {
-                moved.insert(stream, now);
+        for streams in by_partition.into_values() {
+            let mut pipe = redis::pipe();
+            for (stream, _) in &streams {
+                pipe.cmd("HMGET")
+                    .arg(stream_keys(stream, None).0)
+                    .arg("e")
+                    .arg("o");
+            }
+            let heads: Vec<(Option<String>, Option<u64>)> =
+                match timeout(self.settings.timeout, pipe.query_async(conn)).await {
+                    Ok(result) => result?,
+                    Err(_) => {
+                        return Err(LinkError::Timeout("reading the heads after a reconnect"));
+                    }
+                };
+            for ((stream, last), (epoch, head)) in streams.into_iter().zip(heads) {
+                let now = Position::new(
+                    Arc::<str>::from(epoch.unwrap_or_default()),
+                    head.unwrap_or(0),
+                );
+                if now != last {
+                    moved.insert(stream, now);
+                }
             }
         }
         for (stream, head) in moved {
             self.router.seen.forget(&stream);
             self.router.seen.note(&stream, &head, UNKNOWN_TS);
             let closed = self.hub.kill_followers(&stream, Close::InsufficientState);
-            tracing::info!(%stream, closed, "a stream moved while the link was down; its readers resume");
+            tracing::info!(%stream, closed, "a stream moved while it was not subscribed; its readers resume");
         }
         Ok(())
     }
