@@ -534,7 +534,7 @@ pub async fn read_reply<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
 ) -> std::io::Result<Reply> {
     let line = read_line(reader).await?;
-    let (kind, rest) = line.split_at(1);
+    let (kind, rest) = split_type(&line)?;
     match kind {
         "-" => Ok(Reply::Error(rest.to_owned())),
         "+" if rest.eq_ignore_ascii_case("PONG") => Ok(Reply::Pong),
@@ -556,13 +556,18 @@ async fn read_item<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
 ) -> std::io::Result<Vec<u8>> {
     let line = read_line(reader).await?;
-    let (kind, rest) = line.split_at(1);
+    let (kind, rest) = split_type(&line)?;
     match kind {
         ":" | "+" => Ok(rest.as_bytes().to_vec()),
         "$" => {
             let len: i64 = rest.parse().map_err(|_| bad("bulk length"))?;
             if len < 0 {
                 return Ok(Vec::new());
+            }
+            // Nothing wsnotify publishes is near this (messages are at most
+            // 16 MiB); a larger length is a broken stream, not an allocation.
+            if len > 64 << 20 {
+                return Err(bad("bulk length"));
             }
             let mut bytes = vec![0u8; len as usize + 2];
             reader.read_exact(&mut bytes).await?;
@@ -585,6 +590,14 @@ async fn read_line<R: tokio::io::AsyncRead + Unpin>(
         return Err(bad("empty line"));
     }
     Ok(line)
+}
+
+/// A reply line's type byte and the rest.
+fn split_type(line: &str) -> std::io::Result<(&str, &str)> {
+    if !line.is_char_boundary(1) {
+        return Err(bad("reply type"));
+    }
+    Ok(line.split_at(1))
 }
 
 fn classify(items: Vec<Vec<u8>>) -> Reply {
@@ -668,4 +681,73 @@ fn owners_of(reply: &redis::Value) -> Option<Vec<(u16, u16, String)>> {
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    async fn replies(bytes: &[u8]) -> Vec<Reply> {
+        let mut reader = BufReader::new(bytes);
+        let mut out = Vec::new();
+        loop {
+            match read_reply(&mut reader).await {
+                Ok(reply) => out.push(reply),
+                Err(err) => {
+                    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribed_mode_replies_are_read() {
+        let wire = b"*3\r\n$10\r\nssubscribe\r\n$2\r\nch\r\n:1\r\n\
+            *3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n$6\r\na\r\nb\xffc\r\n\
+            *3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n\
+            -MOVED 3999 127.0.0.1:7002\r\n\
+            *2\r\n$4\r\npong\r\n$0\r\n\r\n";
+        assert_eq!(
+            replies(wire).await,
+            [
+                Reply::Subscribed("ch".into()),
+                Reply::Message {
+                    channel: "ch".into(),
+                    payload: b"a\r\nb\xffc".to_vec(),
+                },
+                Reply::Unsubscribed("ch".into()),
+                Reply::Error("MOVED 3999 127.0.0.1:7002".into()),
+                Reply::Pong,
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_not_a_panic() {
+        let wires: [&[u8]; 5] = [b"?\r\n", b"*x\r\n", b"*1\r\n$-x\r\n", b"\r\n", "\u{e9}t\r\n".as_bytes()];
+        for wire in wires {
+            let mut reader = BufReader::new(wire);
+            assert!(read_reply(&mut reader).await.is_err(), "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_slots_name_each_ranges_primary() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let node = |port: i64| Value::Array(vec![bulk("127.0.0.1"), Value::Int(port), bulk("id")]);
+        let reply = Value::Array(vec![
+            Value::Array(vec![Value::Int(0), Value::Int(5460), node(7000), node(7003)]),
+            Value::Array(vec![Value::Int(5461), Value::Int(16383), node(7001)]),
+        ]);
+        assert_eq!(
+            owners_of(&reply).unwrap(),
+            [
+                (0, 5460, "127.0.0.1:7000".to_owned()),
+                (5461, 16383, "127.0.0.1:7001".to_owned())
+            ]
+        );
+        assert_eq!(owners_of(&Value::Int(1)), None);
+    }
 }
