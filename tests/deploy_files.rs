@@ -68,7 +68,8 @@ fn the_systemd_unit_verifies_and_outwaits_the_drain() {
         .output()
         .expect("systemd-analyze (apt-get install systemd; scripts/test-deps.sh does)");
     let _ = std::fs::remove_dir_all(&dir);
-    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && said.trim().is_empty(),
         "systemd-analyze verify complains:\n{said}"
@@ -97,7 +98,10 @@ fn the_example_settings_pass_check_config() {
         .env("SHUTDOWN_TIMEOUT", "soon")
         .output()
         .unwrap();
-    assert!(!out.status.success(), "SHUTDOWN_TIMEOUT=soon passed check-config");
+    assert!(
+        !out.status.success(),
+        "SHUTDOWN_TIMEOUT=soon passed check-config"
+    );
 }
 
 #[test]
@@ -105,7 +109,10 @@ fn compose_waits_out_its_drain_and_the_image_probes_ready() {
     let compose = read("deploy/compose.yaml");
     let default_of = |name: &str| -> f64 {
         let key = format!("${{{name}:-");
-        let start = compose.find(&key).unwrap_or_else(|| panic!("{name} in compose.yaml")) + key.len();
+        let start = compose
+            .find(&key)
+            .unwrap_or_else(|| panic!("{name} in compose.yaml"))
+            + key.len();
         let end = start + compose[start..].find('}').unwrap();
         seconds(&compose[start..end])
     };

@@ -242,7 +242,7 @@ impl RedisBroker {
                 let all = streams.into_iter().map(|s| (s, true)).collect();
                 shards.apply(&all).await;
                 shards.repair(&mut conn).await?;
-                self.partitions_changed(shards);
+                self.partitions_start(shards);
             }
             None => {
                 self.catch_up(&mut conn, None).await?;

@@ -67,7 +67,9 @@ use crate::metrics::Metrics;
 use crate::stream::Stream;
 
 /// Channel and key names, for operators (and tests) that look into Redis.
-pub use self::channels::{COUNTS_KEY, NOTIFY_PREFIX, ROOM_PREFIX, holders_key, presence_key};
+pub use self::channels::{
+    COUNTS_KEY, NOTIFY_PREFIX, ROOM_PREFIX, holders_key, presence_key, stream_channel,
+};
 pub use self::conn::Endpoint;
 
 /// Broadcasts waiting for the publisher task; beyond this, cross-instance

@@ -77,11 +77,29 @@ async fn until(at: Option<Instant>) {
 }
 
 impl RedisBroker {
-    /// Publishes the partitions now down (metrics, `/ready`).
-    pub(super) fn partitions_changed(&self, shards: &Shards) {
+    /// Sets the partitions down at a (re)connect, before any is confirmed:
+    /// not news worth a log line.
+    pub(super) fn partitions_start(&self, shards: &Shards) {
         let down = shards.down();
         self.metrics.partitions_down(&down);
         *self.lock_down() = down;
+    }
+
+    /// Publishes the partitions now down (metrics, `/ready`); logs the
+    /// first partition lost and the last one back, not each.
+    pub(super) fn partitions_changed(&self, shards: &Shards) {
+        let down = shards.down();
+        self.metrics.partitions_down(&down);
+        let mut was = self.lock_down();
+        match (was.is_empty(), down.is_empty()) {
+            (true, false) => tracing::warn!(
+                partitions = ?down,
+                "cluster partitions unsubscribed (their readers wait, /ready is 503); resubscribing on the slots' owners"
+            ),
+            (false, true) => tracing::info!("every cluster partition is subscribed"),
+            _ => {}
+        }
+        *was = down;
     }
 
     /// Acts on one event of a shard connection.

@@ -269,11 +269,16 @@ impl Shards {
             return Ok(stuck);
         }
         self.owners = read_owners(conn, self.timeout).await?;
+        let mut unreachable = HashSet::new();
         for p in down {
             let Some(addr) = self.owners[p].clone() else {
                 continue;
             };
+            if unreachable.contains(&addr) {
+                continue;
+            }
             if !self.nodes.contains_key(&addr) && !self.connect(&addr).await {
+                unreachable.insert(addr);
                 continue;
             }
             let part = &mut self.parts[p];
@@ -469,7 +474,7 @@ impl Shards {
                 part.state = State::Down;
                 part.probe_sent = None;
                 silent.push(p);
-                tracing::warn!(partition = p, node = ?part.node, "a partition's probe did not come back; resubscribing it");
+                tracing::debug!(partition = p, node = ?part.node, "a partition's probe did not come back; resubscribing it");
             }
         }
         silent
@@ -726,7 +731,13 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_is_an_error_not_a_panic() {
-        let wires: [&[u8]; 5] = [b"?\r\n", b"*x\r\n", b"*1\r\n$-x\r\n", b"\r\n", "\u{e9}t\r\n".as_bytes()];
+        let wires: [&[u8]; 5] = [
+            b"?\r\n",
+            b"*x\r\n",
+            b"*1\r\n$-x\r\n",
+            b"\r\n",
+            "\u{e9}t\r\n".as_bytes(),
+        ];
         for wire in wires {
             let mut reader = BufReader::new(wire);
             assert!(read_reply(&mut reader).await.is_err(), "{wire:?}");
@@ -738,7 +749,12 @@ mod tests {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let node = |port: i64| Value::Array(vec![bulk("127.0.0.1"), Value::Int(port), bulk("id")]);
         let reply = Value::Array(vec![
-            Value::Array(vec![Value::Int(0), Value::Int(5460), node(7000), node(7003)]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node(7000),
+                node(7003),
+            ]),
             Value::Array(vec![Value::Int(5461), Value::Int(16383), node(7001)]),
         ]);
         assert_eq!(
