@@ -518,6 +518,20 @@ mod tests {
             (&["--history-meta-ttl", "0"], "greater than 0"),
             (&["--drain-reconnect-spread=-1"], "non-negative"),
             (&["--inbox-claim-after", "0"], "greater than 0"),
+            (
+                &["--redis-cluster-urls", "redis://a:7000,http://b"],
+                "not a Redis URL",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "redis://a",
+                    "--redis-cluster-urls",
+                    "redis://b:7000",
+                ],
+                "cannot be used with",
+            ),
+            (&["--ws-path", "rooms"], "invalid value"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

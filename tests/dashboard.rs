@@ -7,9 +7,11 @@
 //! `job`), and every `label="value"` matches a series; `rate`, `irate` and
 //! `increase` see only counters and histogram series; `histogram_quantile`
 //! sees buckets grouped by `le`; every metric the server exports is on the
-//! dashboard; the panels use the `${DS_PROMETHEUS}` input. The series that
-//! exist only after an event (`wsnotify_resumes_total`, by outcome) are
-//! produced first. The checker itself is shown to catch planted mistakes.
+//! dashboard; the panels use the `${DS_PROMETHEUS}` input. The server runs
+//! on a real Redis Cluster, so that the Redis and cluster series exist, and
+//! the series that exist only after an event (`wsnotify_resumes_total`, by
+//! outcome) are produced first. The checker itself is shown to catch planted
+//! mistakes.
 
 mod support;
 
@@ -376,11 +378,15 @@ fn faults(dashboard: &Value, exported: &Exported) -> Vec<String> {
     faults
 }
 
-/// A server in memory mode with history on, having resumed one stream
-/// (recovered) and failed another (lost: epoch_changed), so that every
-/// series of `/metrics` exists.
-async fn exported() -> (Proc, Exported) {
-    let server = Proc::start(&[("HISTORY_SIZE", "100")]).await;
+/// A server on a Redis Cluster (so that the Redis and cluster series
+/// exist too) with history on, having resumed one stream (recovered) and
+/// failed another (lost: epoch_changed), so that every series of
+/// `/metrics` exists.
+async fn exported() -> (Proc, Exported, support::cluster::Cluster) {
+    let cluster = support::cluster::Cluster::start().await;
+    let seeds = cluster.seeds();
+    let server = Proc::start(&[("HISTORY_SIZE", "100"), ("REDIS_CLUSTER_URLS", &seeds)]).await;
+    support::redis::wait_for_ready(server.addr, hyper::StatusCode::OK).await;
     let mut first = connect_raw(server.addr, "/ws/notifications?user=dash").await;
     let position = loop {
         let frame: Value = serde_json::from_str(&next_text(&mut first).await).unwrap();
@@ -408,12 +414,12 @@ async fn exported() -> (Proc, Exported) {
         r#"wsnotify_resumes_total{outcome="lost",reason="epoch_changed"} 1"#,
     )
     .await;
-    (server, Exported::parse(&text))
+    (server, Exported::parse(&text), cluster)
 }
 
 #[tokio::test]
 async fn every_query_of_the_dashboard_names_series_a_running_server_exports() {
-    let (server, exported) = exported().await;
+    let (server, exported, _cluster) = exported().await;
     assert!(
         exported.families.len() > 20
             && exported
