@@ -23,7 +23,7 @@ use redis::{Script, Value};
 use tokio::time::timeout;
 
 use super::channels::{self, stream_keys};
-use super::link::LinkError;
+use super::error::LinkError;
 use crate::history::{Budget, Outcome, Position, Read, Record, Settings, new_epoch};
 use crate::protocol::json::Reason;
 use crate::stream::Stream;

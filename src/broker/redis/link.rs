@@ -7,20 +7,21 @@
 //! failure reconnects with capped exponential backoff and resubscribes from
 //! the hub as it is then.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::aio::PubSubStream;
 
 use super::conn::Conn;
+use super::error::LinkError;
 use super::partitions::Timers;
 use super::shards::{Event, Shards};
+use super::subscriptions::{SUBSCRIBE_CHUNK, Subscriptions};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::RedisBroker;
-use super::channels::{self, COUNTS_KEY};
+use super::channels::COUNTS_KEY;
 use crate::hub::Change;
 use crate::stream::Stream;
 
@@ -28,25 +29,8 @@ use crate::stream::Stream;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnect delay, so a restarted Redis is found within seconds.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Channels per SUBSCRIBE command.
-const SUBSCRIBE_CHUNK: usize = 512;
 /// Hub changes the supervisor takes in one batch.
 const CHANGE_BATCH: usize = 4096;
-
-/// Why the link to Redis failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-    /// No answer within `REDIS_TIMEOUT`; says to what.
-    #[error("{0} got no answer in time")]
-    Timeout(&'static str),
-    #[error("the subscription connection closed")]
-    Closed,
-    /// Redis answered something wsnotify's scripts never return.
-    #[error("unexpected reply: {0}")]
-    Reply(&'static str),
-}
 
 /// The broker's view of its link to Redis.
 #[derive(Debug, Default)]
@@ -58,96 +42,6 @@ pub(super) struct Health {
     pub down_since: Option<Instant>,
     /// Whether the current outage has been logged (each transition once).
     pub announced: bool,
-}
-
-/// Keeps each instance's connection count: `set` (with a ttl), `del`, or
-/// `sum` of the others' unexpired counts (expired ones are dropped). KEYS:
-/// the counts hash. ARGV: op, instance[, count, ttl_ms].
-pub(super) const COUNTS: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if ARGV[1] == 'set' then
-  local ttl = tonumber(ARGV[4])
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. ':' .. (now + ttl))
-  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-  return 0
-end
-if ARGV[1] == 'del' then
-  redis.call('HDEL', KEYS[1], ARGV[2])
-  return 0
-end
-local sum = 0
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local count, expiry = string.match(all[i + 1], '^(%d+):(%d+)$')
-  if (not expiry) or tonumber(expiry) <= now then
-    redis.call('HDEL', KEYS[1], all[i])
-  elseif all[i] ~= ARGV[2] then
-    sum = sum + tonumber(count)
-  end
-end
-return sum
-";
-
-/// The subscriptions: the plain subscriber connection's sending half and,
-/// on a cluster with history, the shard subscriptions.
-pub(super) struct Subscriptions {
-    sink: PubSubSink,
-    /// Whether streams have history, so a channel of their own as well.
-    history: bool,
-    /// Cluster mode with history: the streams' channels are sharded.
-    pub shards: Option<Shards>,
-}
-
-impl Subscriptions {
-    /// The plain channels of `stream`: the seeds' (live, open to any
-    /// publisher) and, with history on one Redis, the stream's own.
-    fn channels(&self, stream: &Stream) -> impl Iterator<Item = String> {
-        let own = (self.history && self.shards.is_none()).then(|| channels::stream_channel(stream));
-        std::iter::once(channels::channel(stream)).chain(own)
-    }
-
-    /// Subscribes to the streams marked `true` and unsubscribes from the
-    /// others, in chunks, within `limit`. Returns the streams whose
-    /// liveness changes now: all of them with one Redis; on a cluster the
-    /// ones no longer followed (a followed one is live once its partition
-    /// confirms its channel).
-    pub async fn apply(
-        &mut self,
-        streams: &HashMap<Stream, bool>,
-        limit: Duration,
-    ) -> Result<Vec<(Stream, bool)>, LinkError> {
-        let names = |wanted: bool| {
-            streams
-                .iter()
-                .filter(|(_, on)| **on == wanted)
-                .flat_map(|(stream, _)| self.channels(stream))
-                .collect::<Vec<_>>()
-        };
-        let (on, off) = (names(true), names(false));
-        let work = async {
-            for chunk in on.chunks(SUBSCRIBE_CHUNK) {
-                self.sink.subscribe(chunk).await?;
-            }
-            for chunk in off.chunks(SUBSCRIBE_CHUNK) {
-                self.sink.unsubscribe(chunk).await?;
-            }
-            Ok::<(), redis::RedisError>(())
-        };
-        match timeout(limit, work).await {
-            Ok(result) => result?,
-            Err(_) => return Err(LinkError::Timeout("SUBSCRIBE")),
-        }
-        Ok(match &mut self.shards {
-            Some(shards) => shards
-                .apply(streams)
-                .await
-                .into_iter()
-                .map(|stream| (stream, false))
-                .collect(),
-            None => streams.iter().map(|(s, on)| (s.clone(), *on)).collect(),
-        })
-    }
 }
 
 /// A live link to Redis: the command connection and the subscriptions.

@@ -33,6 +33,7 @@
 
 mod channels;
 mod conn;
+mod error;
 mod history;
 mod inbound;
 mod inbox;
@@ -40,8 +41,11 @@ mod link;
 mod partitions;
 mod presence;
 mod publisher;
+mod resp;
 mod shards;
 mod streams;
+mod subscriptions;
+mod topology;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,7 +138,7 @@ pub struct RedisBroker {
     /// (channel, envelope) pairs for the publisher task.
     outgoing: mpsc::Sender<(String, String)>,
     presence: PresenceStore,
-    /// The connection-count script ([`link::COUNTS`]).
+    /// The connection-count script ([`subscriptions::COUNTS`]).
     counts: redis::Script,
     /// The history scripts; `None` with history off.
     history: Option<RedisHistory>,
@@ -205,7 +209,7 @@ impl RedisBroker {
             }),
             outgoing,
             presence,
-            counts: redis::Script::new(link::COUNTS),
+            counts: redis::Script::new(subscriptions::COUNTS),
             history,
             live: Mutex::new(HashSet::new()),
             live_changed: Notify::new(),

@@ -17,8 +17,9 @@ use tokio::time::Instant;
 
 use super::RedisBroker;
 use super::conn::Conn;
-use super::link::{LinkError, Subscriptions};
+use super::error::LinkError;
 use super::shards::{Event, Outcome, Shards};
+use super::subscriptions::Subscriptions;
 
 /// First wait before a down partition is subscribed again; doubles up to
 /// [`REPAIR_MAX`].

@@ -32,8 +32,8 @@ use tokio::time::timeout;
 
 use super::RedisBroker;
 use super::channels::{holders_key, presence_key, room_channel, room_partition};
-use super::link::LinkError;
-use super::link::Subscriptions;
+use super::error::LinkError;
+use super::subscriptions::Subscriptions;
 use crate::delivery::Inbound;
 use crate::hub::Change;
 use crate::protocol::json::{ServerMessage, now_ms};

@@ -19,25 +19,25 @@
 //! the slot's current owner (the slot map is read again first); until then
 //! `/ready` is 503 and its streams' readers wait, as when Redis is down.
 //!
-//! The connections speak RESP2 in subscribed mode: the replies are flat
-//! arrays (`smessage`, `ssubscribe`, `sunsubscribe`) and errors, read here
-//! by [`read_reply`]. Replies come in the order of the commands, so a
+//! The connections speak RESP2 in subscribed mode, read by
+//! [`super::resp`]. Replies come in the order of the commands, so a
 //! queue of what each command still expects tells a confirmation from an
 //! unrequested `sunsubscribe`, and names the partition of an error.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use super::channels::{PARTITIONS, partition_of_slot, probe_channel, slot, stream_channel};
 use super::conn::Conn;
-use super::link::LinkError;
+use super::error::LinkError;
+use super::resp::{Reply, open, read_reply};
+use super::topology::read_owners;
 use crate::stream::Stream;
 
 /// What a node's connection read, tagged with the connection's id.
@@ -45,21 +45,6 @@ use crate::stream::Stream;
 pub struct Event {
     node: u64,
     kind: Reply,
-}
-
-/// One reply of a connection in subscribed mode.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
-    Message {
-        channel: String,
-        payload: Vec<u8>,
-    },
-    Subscribed(String),
-    Unsubscribed(String),
-    Error(String),
-    Pong,
-    /// The connection ended.
-    Closed,
 }
 
 /// What an event means for the supervisor.
@@ -506,264 +491,5 @@ impl Shards {
     /// The streams followed in partition `p`.
     pub fn streams(&self, p: usize) -> Vec<Stream> {
         self.parts[p].wanted.values().cloned().collect()
-    }
-}
-
-/// Connects to `addr` (`host:port`) and authenticates.
-async fn open(
-    addr: &str,
-    username: Option<&str>,
-    password: Option<&str>,
-) -> std::io::Result<(OwnedReadHalf, OwnedWriteHalf)> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
-    if let Some(password) = password {
-        let mut auth = redis::cmd("AUTH");
-        if let Some(user) = username {
-            auth.arg(user);
-        }
-        auth.arg(password);
-        writer.write_all(&auth.get_packed_command()).await?;
-        if let Reply::Error(err) = read_reply(&mut reader).await? {
-            return Err(std::io::Error::other(err));
-        }
-    }
-    // Nothing was read past the AUTH reply: the buffer is empty.
-    Ok((reader.into_inner(), writer))
-}
-
-/// Reads one reply of a connection in subscribed mode (RESP2).
-pub async fn read_reply<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-) -> std::io::Result<Reply> {
-    let line = read_line(reader).await?;
-    let (kind, rest) = split_type(&line)?;
-    match kind {
-        "-" => Ok(Reply::Error(rest.to_owned())),
-        "+" if rest.eq_ignore_ascii_case("PONG") => Ok(Reply::Pong),
-        "+" | ":" => Ok(Reply::Pong),
-        "*" => {
-            let n: usize = rest.parse().map_err(|_| bad("array length"))?;
-            let mut items = Vec::with_capacity(n);
-            for _ in 0..n {
-                items.push(read_item(reader).await?);
-            }
-            Ok(classify(items))
-        }
-        _ => Err(bad("reply type")),
-    }
-}
-
-/// An array element: a bulk string, or an integer as its digits.
-async fn read_item<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-) -> std::io::Result<Vec<u8>> {
-    let line = read_line(reader).await?;
-    let (kind, rest) = split_type(&line)?;
-    match kind {
-        ":" | "+" => Ok(rest.as_bytes().to_vec()),
-        "$" => {
-            let len: i64 = rest.parse().map_err(|_| bad("bulk length"))?;
-            if len < 0 {
-                return Ok(Vec::new());
-            }
-            // Nothing wsnotify publishes is near this (messages are at most
-            // 16 MiB); a larger length is a broken stream, not an allocation.
-            if len > 64 << 20 {
-                return Err(bad("bulk length"));
-            }
-            let mut bytes = vec![0u8; len as usize + 2];
-            reader.read_exact(&mut bytes).await?;
-            bytes.truncate(len as usize);
-            Ok(bytes)
-        }
-        _ => Err(bad("array element")),
-    }
-}
-
-async fn read_line<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-) -> std::io::Result<String> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).await? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let line = line.trim_end_matches(['\r', '\n']).to_owned();
-    if line.is_empty() {
-        return Err(bad("empty line"));
-    }
-    Ok(line)
-}
-
-/// A reply line's type byte and the rest.
-fn split_type(line: &str) -> std::io::Result<(&str, &str)> {
-    if !line.is_char_boundary(1) {
-        return Err(bad("reply type"));
-    }
-    Ok(line.split_at(1))
-}
-
-fn classify(items: Vec<Vec<u8>>) -> Reply {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    match items.as_slice() {
-        [kind, channel, payload]
-            if kind.eq_ignore_ascii_case(b"smessage") || kind.eq_ignore_ascii_case(b"message") =>
-        {
-            Reply::Message {
-                channel: text(channel),
-                payload: payload.clone(),
-            }
-        }
-        [kind, channel, _] if kind.eq_ignore_ascii_case(b"ssubscribe") => {
-            Reply::Subscribed(text(channel))
-        }
-        [kind, channel, _] if kind.eq_ignore_ascii_case(b"sunsubscribe") => {
-            Reply::Unsubscribed(text(channel))
-        }
-        _ => Reply::Pong,
-    }
-}
-
-fn bad(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad RESP {what}"))
-}
-
-/// The primary serving each partition's slot, from `CLUSTER SLOTS`
-/// (`[[start, end, [host, port, …], replicas…], …]`).
-async fn read_owners(conn: &mut Conn, limit: Duration) -> Result<Vec<Option<String>>, LinkError> {
-    let reply: redis::Value =
-        match timeout(limit, redis::cmd("CLUSTER").arg("SLOTS").query_async(conn)).await {
-            Ok(reply) => reply?,
-            Err(_) => return Err(LinkError::Timeout("CLUSTER SLOTS")),
-        };
-    let ranges = owners_of(&reply).ok_or(LinkError::Reply("CLUSTER SLOTS"))?;
-    Ok((0..PARTITIONS)
-        .map(|p| {
-            let tag_slot = slot(super::channels::tag(p).as_bytes());
-            ranges
-                .iter()
-                .find(|(start, end, _)| (*start..=*end).contains(&tag_slot))
-                .map(|(_, _, addr)| addr.clone())
-        })
-        .collect())
-}
-
-/// `(start, end, "host:port")` of each range of a `CLUSTER SLOTS` reply.
-fn owners_of(reply: &redis::Value) -> Option<Vec<(u16, u16, String)>> {
-    use redis::Value;
-    let int = |v: &Value| match v {
-        Value::Int(n) => u16::try_from(*n).ok(),
-        _ => None,
-    };
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
-    let Value::Array(ranges) = reply else {
-        return None;
-    };
-    ranges
-        .iter()
-        .map(|range| {
-            let Value::Array(fields) = range else {
-                return None;
-            };
-            let Value::Array(primary) = fields.get(2)? else {
-                return None;
-            };
-            let host = text(primary.first()?)?;
-            let port = match primary.get(1)? {
-                Value::Int(n) => *n,
-                _ => return None,
-            };
-            Some((
-                int(fields.first()?)?,
-                int(fields.get(1)?)?,
-                format!("{host}:{port}"),
-            ))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use redis::Value;
-
-    async fn replies(bytes: &[u8]) -> Vec<Reply> {
-        let mut reader = BufReader::new(bytes);
-        let mut out = Vec::new();
-        loop {
-            match read_reply(&mut reader).await {
-                Ok(reply) => out.push(reply),
-                Err(err) => {
-                    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
-                    return out;
-                }
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn subscribed_mode_replies_are_read() {
-        let wire = b"*3\r\n$10\r\nssubscribe\r\n$2\r\nch\r\n:1\r\n\
-            *3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n$6\r\na\r\nb\xffc\r\n\
-            *3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n\
-            -MOVED 3999 127.0.0.1:7002\r\n\
-            *2\r\n$4\r\npong\r\n$0\r\n\r\n";
-        assert_eq!(
-            replies(wire).await,
-            [
-                Reply::Subscribed("ch".into()),
-                Reply::Message {
-                    channel: "ch".into(),
-                    payload: b"a\r\nb\xffc".to_vec(),
-                },
-                Reply::Unsubscribed("ch".into()),
-                Reply::Error("MOVED 3999 127.0.0.1:7002".into()),
-                Reply::Pong,
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn garbage_is_an_error_not_a_panic() {
-        let wires: [&[u8]; 5] = [
-            b"?\r\n",
-            b"*x\r\n",
-            b"*1\r\n$-x\r\n",
-            b"\r\n",
-            "\u{e9}t\r\n".as_bytes(),
-        ];
-        for wire in wires {
-            let mut reader = BufReader::new(wire);
-            assert!(read_reply(&mut reader).await.is_err(), "{wire:?}");
-        }
-    }
-
-    #[test]
-    fn cluster_slots_name_each_ranges_primary() {
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let node = |port: i64| Value::Array(vec![bulk("127.0.0.1"), Value::Int(port), bulk("id")]);
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(5460),
-                node(7000),
-                node(7003),
-            ]),
-            Value::Array(vec![Value::Int(5461), Value::Int(16383), node(7001)]),
-        ]);
-        assert_eq!(
-            owners_of(&reply).unwrap(),
-            [
-                (0, 5460, "127.0.0.1:7000".to_owned()),
-                (5461, 16383, "127.0.0.1:7001".to_owned())
-            ]
-        );
-        assert_eq!(owners_of(&Value::Int(1)), None);
     }
 }

@@ -13,9 +13,9 @@ use tokio::time::timeout;
 
 use super::RedisBroker;
 use super::channels::{partition, stream_keys};
+use super::error::LinkError;
 use super::history::Appended;
 use super::inbound::{Found, UNKNOWN_TS};
-use super::link::LinkError;
 use crate::broker::Unavailable;
 use crate::history::{Budget, Position, Read};
 use crate::protocol::Close;
