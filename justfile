@@ -51,3 +51,27 @@ fmt-check:
 # Clippy on every target with warnings denied.
 lint:
     cargo clippy --all-targets -- -D warnings
+
+# Build the release server and the benchmark tools (bench/).
+bench-build:
+    cargo build --release -p wsnotify --bin wsnotify
+    cargo build --release -p wsnotify-bench
+
+# docs/BENCHMARKS.md §4; flags go to `reliable fanout` (--syscalls, --publishers 4, --modes redis, …).
+# Reliable delivery: fan-out to 10k clients, HISTORY_SIZE=100 vs 0, memory and Redis mode.
+bench-history *ARGS: bench-build
+    ./target/release/reliable fanout {{ARGS}}
+
+# Then a 10-minute publish flood with history on and off (--flood-minutes 1 for a quick look).
+# Reliable delivery: RSS per idle JSON connection, and RSS/history under a 10-minute publish flood.
+bench-history-memory *ARGS: bench-build
+    ./target/release/reliable memory {{ARGS}}
+
+# Two instances on a private Redis; A is drained with SIGTERM under steady publishing through B.
+# Reliable delivery: 10k clients of a drained instance resume on another, with vs without since.
+bench-resume *ARGS: bench-build
+    ./target/release/reliable resume {{ARGS}}
+
+# Reliable delivery: long-poll wake-up of 1k pollers vs the same broadcasts on 1k WebSockets.
+bench-poll *ARGS: bench-build
+    ./target/release/reliable poll {{ARGS}}
