@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use futures_util::Stream;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use wsnotify::node::Node;
@@ -87,7 +87,7 @@ async fn start(config: Config) -> anyhow::Result<()> {
     // list) are checked before the port is taken: a bad one exits at once.
     let node = Node::new(config)?;
     let config = node.config();
-    let listener = TcpListener::bind((config.host.as_str(), config.port))
+    let listener = bind(&config.host, config.port)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let addr = listener.local_addr()?;
@@ -104,6 +104,33 @@ async fn start(config: Config) -> anyhow::Result<()> {
     let outcome = server::run_node(listener, node.clone(), signals).await;
     tracing::info!(?outcome, "wsnotify stopped");
     Ok(())
+}
+
+/// Connections the kernel queues before they are accepted. The default of
+/// std's `bind` (128) drops SYNs when a drained instance's clients arrive
+/// together, and each dropped client waits a second to retry; the kernel
+/// caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on the first address `host:port` resolves to.
+async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
 }
 
 /// One item per SIGINT or SIGTERM, logged as it arrives.

@@ -48,28 +48,61 @@ struct Log {
     keys: HashMap<Arc<str>, (Instant, u64)>,
 }
 
-/// The use order of streams, for the byte cap.
+/// The use order of streams, for the byte cap: `order` holds the streams
+/// that may still have messages, `idle` those found empty (their epoch
+/// and head are kept until `meta_ttl`), each oldest first. Each stream
+/// moves from one to the other at most once per use, so the cap costs a
+/// few map operations per message it drops, however many streams there are.
 #[derive(Debug, Default)]
 struct Lru {
     order: BTreeMap<u64, Stream>,
-    ticks: HashMap<Stream, u64>,
+    idle: BTreeMap<u64, Stream>,
+    /// Each stream's tick, and whether it is in `idle`.
+    ticks: HashMap<Stream, (u64, bool)>,
     next: u64,
 }
 
 impl Lru {
     fn touch(&mut self, stream: &Stream) {
+        self.place(stream, false);
+    }
+
+    /// `stream` has no messages left: last in line for whole-stream drops.
+    fn idle(&mut self, stream: &Stream) {
+        self.place(stream, true);
+    }
+
+    fn place(&mut self, stream: &Stream, idle: bool) {
         let tick = self.next;
         self.next += 1;
-        if let Some(old) = self.ticks.insert(stream.clone(), tick) {
-            self.order.remove(&old);
-        }
-        self.order.insert(tick, stream.clone());
+        self.remove(stream);
+        self.ticks.insert(stream.clone(), (tick, idle));
+        let map = if idle {
+            &mut self.idle
+        } else {
+            &mut self.order
+        };
+        map.insert(tick, stream.clone());
     }
 
     fn remove(&mut self, stream: &Stream) {
-        if let Some(old) = self.ticks.remove(stream) {
-            self.order.remove(&old);
+        if let Some((old, idle)) = self.ticks.remove(stream) {
+            let map = if idle {
+                &mut self.idle
+            } else {
+                &mut self.order
+            };
+            map.remove(&old);
         }
+    }
+
+    /// The stream used longest ago that may have messages.
+    fn oldest(&self) -> Option<Stream> {
+        self.order.values().next().cloned()
+    }
+
+    fn oldest_idle(&self) -> Option<Stream> {
+        self.idle.values().next().cloned()
     }
 }
 
@@ -303,33 +336,49 @@ impl MemoryHistory {
     }
 
     /// Past the byte cap: the least recently used streams lose messages,
-    /// oldest first; then, if that is not enough, whole streams go.
+    /// oldest first; then, if that is not enough, whole empty streams go.
+    /// (The LRU is locked only between shard locks, never inside one.)
     fn enforce_cap(&self) {
-        if self.bytes.load(Ordering::Relaxed) <= self.settings.max_bytes {
-            return;
+        let over = || self.bytes.load(Ordering::Relaxed) > self.settings.max_bytes;
+        while over() {
+            let Some(stream) = self.lru().oldest() else {
+                break;
+            };
+            let mut shard = self.shard(&stream);
+            let emptied = match shard.get_mut(&stream) {
+                None => None,
+                Some(log) => {
+                    while !log.records.is_empty() && over() {
+                        self.drop_front(log);
+                    }
+                    Some(log.records.is_empty())
+                }
+            };
+            drop(shard);
+            match emptied {
+                None => self.lru().remove(&stream),
+                Some(true) => self.lru().idle(&stream),
+                Some(false) => {}
+            }
         }
-        for drop_streams in [false, true] {
-            let order: Vec<Stream> = self.lru().order.values().cloned().collect();
-            for stream in order {
-                if self.bytes.load(Ordering::Relaxed) <= self.settings.max_bytes {
-                    return;
-                }
-                let mut shard = self.shard(&stream);
-                let Some(log) = shard.get_mut(&stream) else {
-                    continue;
-                };
-                while !log.records.is_empty()
-                    && self.bytes.load(Ordering::Relaxed) > self.settings.max_bytes
-                {
-                    self.drop_front(log);
-                }
-                if drop_streams && log.records.is_empty() {
-                    let log = shard.remove(&stream).unwrap_or_else(|| unreachable!());
-                    self.bytes.fetch_sub(log.bytes, Ordering::Relaxed);
-                    self.streams.fetch_sub(1, Ordering::Relaxed);
-                    drop(shard);
-                    self.lru().remove(&stream);
-                }
+        while over() {
+            let Some(stream) = self.lru().oldest_idle() else {
+                break;
+            };
+            let mut shard = self.shard(&stream);
+            let gone = match shard.get(&stream) {
+                Some(log) if !log.records.is_empty() => false,
+                _ => true,
+            };
+            if gone && let Some(log) = shard.remove(&stream) {
+                self.bytes.fetch_sub(log.bytes, Ordering::Relaxed);
+                self.streams.fetch_sub(1, Ordering::Relaxed);
+            }
+            drop(shard);
+            if gone {
+                self.lru().remove(&stream);
+            } else {
+                self.lru().touch(&stream);
             }
         }
     }
