@@ -16,14 +16,18 @@ use crate::stream::Stream;
 #[derive(Debug)]
 pub struct MemoryBroker {
     delivery: Delivery,
-    /// `None` with history off.
-    history: Option<MemoryHistory>,
+    /// `None` with history off. Boxed: the store is large, and the broker
+    /// enum holds this variant inline.
+    history: Option<Box<MemoryHistory>>,
 }
 
 impl MemoryBroker {
     /// A broker handing everything to `delivery`, keeping `history`.
     pub fn new(delivery: Delivery, history: Option<MemoryHistory>) -> Self {
-        MemoryBroker { delivery, history }
+        MemoryBroker {
+            delivery,
+            history: history.map(Box::new),
+        }
     }
 
     /// Delivers `message` at once: this process is the whole world.
@@ -92,6 +96,6 @@ impl MemoryBroker {
 
     /// What history holds.
     pub fn usage(&self) -> Option<Usage> {
-        self.history.as_ref().map(MemoryHistory::usage)
+        self.history.as_deref().map(MemoryHistory::usage)
     }
 }

@@ -366,10 +366,7 @@ impl MemoryHistory {
                 break;
             };
             let mut shard = self.shard(&stream);
-            let gone = match shard.get(&stream) {
-                Some(log) if !log.records.is_empty() => false,
-                _ => true,
-            };
+            let gone = shard.get(&stream).is_none_or(|log| log.records.is_empty());
             if gone && let Some(log) = shard.remove(&stream) {
                 self.bytes.fetch_sub(log.bytes, Ordering::Relaxed);
                 self.streams.fetch_sub(1, Ordering::Relaxed);
