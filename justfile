@@ -21,6 +21,12 @@ test:
     cargo test --all-targets
     cargo test --doc
 
+# The deploy test alone: images built offline, deploy/compose.yaml with three
+# replicas behind nginx, a replica stopped under load (docs/DEPLOY.md). `just test`
+# runs it as well whenever a Docker engine answers.
+deploy-test:
+    cargo test --test deploy -- --nocapture
+
 # Print the Redis image for the tests, building it locally if it cannot be pulled.
 redis-image:
     bash scripts/redis-image.sh
