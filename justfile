@@ -21,9 +21,9 @@ test:
     cargo test --all-targets
     cargo test --doc
 
-# The deploy test alone: images built offline, deploy/compose.yaml with three
-# replicas behind nginx, a replica stopped under load (docs/DEPLOY.md). `just test`
-# runs it as well whenever a Docker engine answers.
+# Images built offline, deploy/compose.yaml with three replicas behind nginx,
+# one stopped under load (docs/DEPLOY.md); `just test` runs it too when Docker answers.
+# The deploy test alone (compose, 3 replicas, nginx).
 deploy-test:
     cargo test --test deploy -- --nocapture
 
