@@ -14,18 +14,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use support::cluster::{Cluster, Role};
 use support::history::*;
-use support::redis::{Redis, instance_with, wait_for_ready};
+use support::redis::{Redis, inbox_add, instance_with, wait_for_ready, wait_for_ready_within};
+use support::resume::{Follow, Followed, follow, publish_until_taken};
 use support::*;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
 use wsnotify::Config;
 use wsnotify::broker::redis::{presence_key, stream_channel};
-use wsnotify::protocol::json::{Reason, ServerMessage};
+use wsnotify::protocol::json::ServerMessage;
 
 /// What the instances share: one Redis, or a cluster.
 enum Shared {
@@ -201,16 +200,7 @@ async fn the_inbox_delivers_to_every_instance(shared: Shared) {
     let (mut on_b, _) = connect_following(b.addr, "/ws/notifications?user=fay", 2).await;
     let mut conn = shared.client_for("wsnotify:inbox").await;
     for n in 0..3 {
-        let _: String = ::redis::cmd("XADD")
-            .arg("wsnotify:inbox")
-            .arg("*")
-            .arg("stream")
-            .arg("user:fay")
-            .arg("message")
-            .arg(format!("from a worker {n}"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        inbox_add(&mut conn, "user:fay", &format!("from a worker {n}")).await;
     }
     // Each entry once, at offsets 1, 2, 3. Two instances read the inbox
     // side by side, so entries added together may be appended in either
@@ -236,89 +226,6 @@ async fn the_inbox_delivers_to_every_instance(shared: Shared) {
 
 // ---- Cluster only ----
 
-/// Every text published per stream; `None` until the publisher is done.
-type Published = watch::Receiver<Option<HashMap<String, Vec<String>>>>;
-
-/// What a resuming client ended with.
-#[derive(Debug, Default)]
-struct Got {
-    texts: HashMap<String, Vec<String>>,
-    told: Vec<(String, Option<Reason>)>,
-    connections: usize,
-}
-
-/// A client of `path` on `addr` that resumes after every close: each
-/// stream's offsets must follow on one another unless it was told
-/// (`recovered: false`). Returns once it has the last message published
-/// on each stream of `watch`.
-async fn follower(addr: SocketAddr, path: String, watch: Vec<String>, published: Published) -> Got {
-    let mut got = Got::default();
-    let mut positions: HashMap<String, At> = HashMap::new();
-    loop {
-        let known: Vec<At> = positions.values().cloned().collect();
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let url = if known.is_empty() {
-            path.clone()
-        } else {
-            format!("{path}{sep}since={}", since(&known))
-        };
-        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}{url}")).await
-        else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        got.connections += 1;
-        loop {
-            if let Some(all) = published.borrow().as_ref()
-                && watch
-                    .iter()
-                    .all(|s| got.texts.get(s).and_then(|t| t.last()) == all[s].last())
-            {
-                return got;
-            }
-            let next = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
-            let text = match next {
-                Err(_) => continue,
-                Ok(Some(Ok(Message::Text(text)))) => text.to_string(),
-                Ok(Some(Ok(_))) => continue,
-                Ok(_) => break, // closed (4010, or the instance went away): resume
-            };
-            match ServerMessage::decode(&text).unwrap() {
-                ServerMessage::Position {
-                    stream,
-                    epoch,
-                    offset,
-                    recovered,
-                    reason,
-                } => {
-                    if recovered == Some(false) {
-                        got.told.push((stream.clone(), reason));
-                    }
-                    if recovered != Some(true) {
-                        positions.insert(stream.clone(), At::new(&stream, &epoch, offset));
-                    }
-                }
-                message => {
-                    let Some(at) = message.at() else { continue };
-                    let last = positions.get_mut(&at.stream).expect("a position first");
-                    assert_eq!(
-                        (at.epoch.as_str(), at.offset),
-                        (last.epoch.as_str(), last.offset + 1),
-                        "a gap or a repeat in {} without being told",
-                        at.stream
-                    );
-                    last.offset = at.offset;
-                    got.texts
-                        .entry(at.stream.clone())
-                        .or_default()
-                        .push(text_of(&message));
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Publishes `n` messages on `path` through `addr`, each retried with its
 /// idempotency key until it is taken (a 503 while its partition moves);
 /// `progress` counts those taken.
@@ -338,24 +245,8 @@ async fn publish_through(
         } else {
             json!({ "message": text })
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let reply = post_with_key(addr, path, &body.to_string(), &format!("{run}-{i}")).await;
-            if reply.status == StatusCode::OK {
-                break;
-            }
-            assert_eq!(
-                reply.status,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "{}",
-                reply.body
-            );
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{path} never took m{i}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let key = format!("{run}-{i}");
+        publish_until_taken(addr, path, &body.to_string(), &key, Duration::from_secs(30)).await;
         sent.push(text);
         progress.send_replace(i + 1);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -365,7 +256,7 @@ async fn publish_through(
 
 /// Every client has each message of `stream` once, in order: all of them,
 /// or a part with a `recovered: false` of that stream.
-fn assert_once_in_order_or_told(got: &Got, stream: &str, sent: &[String]) {
+fn assert_once_in_order_or_told(got: &Followed, stream: &str, sent: &[String]) {
     let texts = got.texts.get(stream).cloned().unwrap_or_default();
     let mut rest = sent.iter();
     for text in &texts {
@@ -394,7 +285,7 @@ async fn through_a_disturbance<D, Fut>(
     stream: &str,
     n: usize,
     disturb: D,
-) -> (Vec<Got>, Vec<String>)
+) -> (Vec<Followed>, Vec<String>)
 where
     D: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
@@ -417,12 +308,14 @@ where
     let followers: Vec<_> = (0..4)
         .map(|i| {
             let addr = if i % 2 == 0 { a.addr } else { b.addr };
-            tokio::spawn(follower(
-                addr,
-                path.clone(),
-                vec![stream.to_owned()],
-                published.clone(),
-            ))
+            let me = Follow {
+                first: addr,
+                fallback: addr,
+                path: path.clone(),
+                streams: vec![stream.to_owned()],
+                told_ok: true,
+            };
+            tokio::spawn(follow(me, published.clone()))
         })
         .collect();
     wait_for_connections(a.addr, 4).await;
@@ -562,7 +455,7 @@ async fn a_frozen_primary_is_caught_by_the_probe() {
         .unwrap();
     cluster.pause(frozen.port);
     let started = tokio::time::Instant::now();
-    wait_until_ready(
+    wait_for_ready_within(
         a.addr,
         StatusCode::SERVICE_UNAVAILABLE,
         Duration::from_secs(10),
@@ -584,24 +477,10 @@ async fn a_frozen_primary_is_caught_by_the_probe() {
         "the metric names partition {p}"
     );
     cluster.unpause(frozen.port).await;
-    wait_until_ready(a.addr, StatusCode::OK, Duration::from_secs(20)).await;
+    wait_for_ready_within(a.addr, StatusCode::OK, Duration::from_secs(20)).await;
     eprintln!("a frozen primary noticed after {noticed:?}");
     assert!(
         noticed < Duration::from_secs(5),
         "the probe caught it in {noticed:?}"
     );
-}
-
-async fn wait_until_ready(addr: SocketAddr, status: StatusCode, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if http(addr, Method::GET, "/ready", "").await.status == status {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready never became {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

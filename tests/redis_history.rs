@@ -12,7 +12,8 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use support::history::*;
 use support::process::Proc;
-use support::redis::{Redis, instance_with, wait_for_ready};
+use support::redis::{Redis, inbox_add, instance_with, wait_for_ready};
+use support::resume::publish_until_taken;
 use support::*;
 use wsnotify::Config;
 use wsnotify::protocol::json::{ErrorCode, Reason, ServerMessage};
@@ -266,19 +267,8 @@ async fn a_killed_subscription_during_a_burst_leaves_no_silent_gap() {
         for i in 0..total {
             let body = serde_json::json!({ "message": format!("m{i}") }).to_string();
             let key = format!("m{i}");
-            loop {
-                let reply = post_with_key(addr_b, &format!("/notify/{user}"), &body, &key).await;
-                if reply.status == StatusCode::OK {
-                    break;
-                }
-                assert_eq!(
-                    reply.status,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "{}",
-                    reply.body
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let path = format!("/notify/{user}");
+            publish_until_taken(addr_b, &path, &body, &key, Duration::from_secs(60)).await;
         }
     });
     let mut conn = redis.client().await;
@@ -368,16 +358,7 @@ async fn inbox_entries_added_while_every_instance_is_down_are_delivered_at_start
     let redis = Redis::start().await;
     let mut conn = redis.client().await;
     for i in 0..5 {
-        ::redis::cmd("XADD")
-            .arg("wsnotify:inbox")
-            .arg("*")
-            .arg("stream")
-            .arg("user:w")
-            .arg("message")
-            .arg(format!("queued {i}"))
-            .query_async::<String>(&mut conn)
-            .await
-            .unwrap();
+        inbox_add(&mut conn, "user:w", &format!("queued {i}")).await;
     }
     ::redis::cmd("XADD")
         .arg("wsnotify:inbox")
@@ -455,16 +436,7 @@ async fn an_instance_killed_with_unacknowledged_inbox_entries_has_them_delivered
     // A dead consumer: it read entries and never acknowledged them.
     let mut conn = redis.client().await;
     for i in 0..3 {
-        ::redis::cmd("XADD")
-            .arg("wsnotify:inbox")
-            .arg("*")
-            .arg("stream")
-            .arg("user:v")
-            .arg("message")
-            .arg(format!("orphan {i}"))
-            .query_async::<String>(&mut conn)
-            .await
-            .unwrap();
+        inbox_add(&mut conn, "user:v", &format!("orphan {i}")).await;
     }
     // b may have taken some already; take the rest as a dead instance would.
     let _: ::redis::Value = ::redis::cmd("XREADGROUP")

@@ -244,7 +244,12 @@ pub async fn instance_with(config: Config) -> TestServer {
 
 /// Polls `/ready` until it answers `status`.
 pub async fn wait_for_ready(addr: SocketAddr, status: StatusCode) {
-    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    wait_for_ready_within(addr, status, PATIENCE * 2).await
+}
+
+/// Polls `/ready` until it answers `status`, for at most `limit`.
+pub async fn wait_for_ready_within(addr: SocketAddr, status: StatusCode, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if http(addr, Method::GET, "/ready", "").await.status == status {
             return;
@@ -278,4 +283,22 @@ pub async fn wait_for_subscribers(redis: &Redis, channel: &str, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A worker's `XADD wsnotify:inbox * stream … message …`.
+pub async fn inbox_add(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    stream: &str,
+    message: &str,
+) {
+    ::redis::cmd("XADD")
+        .arg("wsnotify:inbox")
+        .arg("*")
+        .arg("stream")
+        .arg(stream)
+        .arg("message")
+        .arg(message)
+        .query_async::<String>(conn)
+        .await
+        .unwrap();
 }
