@@ -35,12 +35,16 @@ redis-image:
 bench *ARGS:
     cargo bench --bench hub --bench protocol {{ARGS}}
 
-# Fan-out benchmark: wsnotify against the axum baseline, server and generator
-# on separate cores (see docs/BENCHMARKS.md). Extra flags go to `fanout`.
-bench-fanout *ARGS:
-    cargo build --release -p wsnotify --bin wsnotify
-    cargo build --release -p wsnotify-bench
-    ./target/release/fanout --steady-rate 50 {{ARGS}}
+# Fan-out benchmark: the floor server, wsnotify and the axum baseline in one run,
+# servers on core 0, the generator on core 1 (docs/BENCHMARKS.md §1). Flags go to `fanout`.
+bench-fanout *ARGS: bench-build
+    ./target/release/fanout {{ARGS}}
+
+# The fan-out benchmark with sockudo beside them, installed into target/peers/ when
+# missing (bench/peers.sh; needs protobuf-compiler). Not part of `just test` or CI.
+bench-peers *ARGS: bench-build
+    bash bench/peers.sh
+    ./target/release/fanout --servers floor,wsnotify,axum,sockudo {{ARGS}}
 
 # goose load scenarios against a running server.
 loadtest *ARGS:

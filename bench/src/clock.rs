@@ -20,3 +20,24 @@ pub fn stamped(tag: char, seq: u64, size: usize) -> String {
     }
     message
 }
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock every process on the
+/// machine shares, for times another process reports (the floor server's
+/// write times).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A [`monotonic_ns`] reading on the [`now_ns`] clock.
+pub fn from_monotonic(monotonic: u64) -> u64 {
+    let offset = monotonic_ns().saturating_sub(now_ns());
+    monotonic.saturating_sub(offset)
+}

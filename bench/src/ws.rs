@@ -1,7 +1,9 @@
 //! A minimal WebSocket client for load generation: the upgrade request is
 //! written by hand (no client library allocates per connection), frames
-//! are read with fastwebsockets. The write half is kept only to hold the
-//! socket open: the generator's clients never send.
+//! are read with fastwebsockets ([`connect`]), or the raw socket is handed
+//! over after the 101 ([`handshake`]) for the lean reader of
+//! [`crate::frames`]. The write half is kept only to hold the socket open:
+//! the generator's clients never send (but for a subscription).
 
 use std::io::Cursor;
 use std::net::SocketAddr;
@@ -26,12 +28,37 @@ pub struct Client {
 /// Opens a WebSocket to `path` (with its query) on `addr` and returns once
 /// the server answered 101.
 pub async fn connect(addr: SocketAddr, path: &str) -> Result<Client> {
+    let (stream, rest) = handshake(addr, path, &[]).await?;
+    let (read, writer) = stream.into_split();
+    let (mut reader, _) = after_handshake_split(
+        Cursor::new(rest).chain(read),
+        tokio::io::sink(),
+        Role::Client,
+    );
+    reader.set_auto_pong(false);
+    reader.set_auto_close(false);
+    Ok(Client { reader, writer })
+}
+
+/// Sends the upgrade request for `path` with `headers` (`Name: value`
+/// lines) and reads the answer; returns the socket and the bytes the
+/// server sent after its 101 (the start of its first frames).
+pub async fn handshake(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[String],
+) -> Result<(TcpStream, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let request = format!(
+    let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     );
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(512);
     let head_end = loop {
@@ -50,15 +77,7 @@ pub async fn connect(addr: SocketAddr, path: &str) -> Result<Client> {
         );
     }
     let rest = buf.split_off(head_end);
-    let (read, writer) = stream.into_split();
-    let (mut reader, _) = after_handshake_split(
-        Cursor::new(rest).chain(read),
-        tokio::io::sink(),
-        Role::Client,
-    );
-    reader.set_auto_pong(false);
-    reader.set_auto_close(false);
-    Ok(Client { reader, writer })
+    Ok((stream, rest))
 }
 
 /// Reads the next frame (auto-pong and auto-close are off, so nothing is
