@@ -369,7 +369,9 @@ fn stop_attached(mut child: Child) -> Result<String> {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
     let status = child.wait()?;
-    if !status.success() && status.code() != Some(130) {
+    use std::os::unix::process::ExitStatusExt;
+    let interrupted = status.code() == Some(130) || status.signal() == Some(libc::SIGINT);
+    if !status.success() && !interrupted {
         bail!("the --attach command failed: {status}");
     }
     Ok(status.to_string())
