@@ -46,6 +46,17 @@ bench-peers *ARGS: bench-build
     bash bench/peers.sh
     ./target/release/fanout --servers floor,wsnotify,axum,sockudo {{ARGS}}
 
+# Per-user notifications vs wsnotify's broadcast, two instances on one Redis, a connection
+# storm with vs without JWT; flags go to `fanout` (--clients 1000 for a quick look).
+# The fan-out benchmark's other scenarios, each against its baseline in one run.
+bench-scenarios *ARGS: bench-build
+    ./target/release/fanout --scenarios notify,redis,storm {{ARGS}}
+
+# The same with sockudo beside wsnotify (private channels, its Redis adapter).
+bench-scenarios-peers *ARGS: bench-build
+    bash bench/peers.sh
+    ./target/release/fanout --scenarios notify,redis,storm --servers wsnotify,sockudo {{ARGS}}
+
 # goose load scenarios against a running server.
 loadtest *ARGS:
     cargo run --release --bin loadtest -- {{ARGS}}

@@ -227,6 +227,32 @@ fn header(bytes: &[u8]) -> Result<Option<(usize, Header)>, BadFrame> {
     Ok(Some((used, Header { opcode, fin, len })))
 }
 
+/// A whole frame at the start of `bytes`, its payload in `prefix`, and
+/// the bytes it takes; `None` while more bytes are needed. For the few
+/// small frames of a client's opening (a greeting, a Pusher
+/// `connection_established` whose socket id is needed), read whole before
+/// the [`Scanner`] takes over.
+pub fn whole_frame(bytes: &[u8]) -> Result<Option<(Frame<'_>, usize)>, BadFrame> {
+    let Some((used, Header { opcode, fin, len })) = header(bytes)? else {
+        return Ok(None);
+    };
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| used.checked_add(len));
+    Ok(end.and_then(|end| {
+        let prefix = bytes.get(used..end)?;
+        Some((
+            Frame {
+                opcode,
+                fin,
+                len,
+                prefix,
+            },
+            end,
+        ))
+    }))
+}
+
 /// A server (unmasked) frame: header and payload.
 pub fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(payload.len() + 10);
@@ -298,6 +324,20 @@ mod tests {
             }
             assert_eq!(seen[5], (opcode::PING, 2, b"hi".to_vec()));
         }
+    }
+
+    #[test]
+    fn a_whole_frame_once_all_of_it_is_there() {
+        let mut stream = server_frame(opcode::TEXT, &[b'p'; 300]);
+        stream.extend(server_frame(opcode::TEXT, b"next"));
+        for cut in [0, 1, 3, 200, 303] {
+            assert_eq!(whole_frame(&stream[..cut]).unwrap(), None, "cut {cut}");
+        }
+        let (frame, used) = whole_frame(&stream).unwrap().unwrap();
+        assert_eq!((frame.opcode, frame.len, used), (opcode::TEXT, 300, 304));
+        assert_eq!(frame.prefix, &[b'p'; 300][..]);
+        let (next, _) = whole_frame(&stream[used..]).unwrap().unwrap();
+        assert_eq!(next.prefix, b"next");
     }
 
     #[test]

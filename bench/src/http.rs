@@ -63,6 +63,14 @@ impl Conn {
 
     /// Writes one request (the reply is read with [`Conn::reply`]).
     pub async fn send(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<()> {
+        let mut wire = Vec::new();
+        self.encode(&mut wire, method, path, body);
+        self.write(&wire).await
+    }
+
+    /// Appends one request to `wire`, for [`Conn::write`]: requests
+    /// written together are pipelined, their replies read in order.
+    pub fn encode(&self, wire: &mut Vec<u8>, method: &str, path: &str, body: Option<&str>) {
         let addr = self.addr;
         let request = match body {
             Some(body) => format!(
@@ -72,7 +80,12 @@ impl Conn {
             ),
             None => format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
         };
-        self.stream.write_all(request.as_bytes()).await?;
+        wire.extend_from_slice(request.as_bytes());
+    }
+
+    /// Writes requests [`Conn::encode`]d into `wire`.
+    pub async fn write(&mut self, wire: &[u8]) -> Result<()> {
+        self.stream.write_all(wire).await?;
         Ok(())
     }
 

@@ -2,6 +2,13 @@
 //! runtime, each a task that counts the text frames it receives and, while
 //! a single broadcast is being measured, when each arrived.
 //!
+//! How a client opens is an [`Opening`]: the path and headers of its
+//! upgrade, and what it answers to the server's first text frames (read
+//! whole) until it is ready: the greeting for wsnotify and the floor,
+//! `connection_established` then a subscription and its confirmation for
+//! sockudo. When each client started, got its 101 and was ready is kept
+//! ([`OpenTimes`]).
+//!
 //! Two readers, selected by `--readers`:
 //! - **lean** (the default): after the handshake the task reads the raw
 //!   socket into one buffer shared by every client (a connection holds no
@@ -31,14 +38,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use wsnotify_bench::clock::now_ns;
-use wsnotify_bench::frames::{Frame, Scanner, opcode};
+use wsnotify_bench::frames::{Frame, Scanner, opcode, whole_frame};
 use wsnotify_bench::{scan, ws};
 
-use crate::servers::Server;
-
-/// Payload bytes the lean reader keeps with `--verify`, and while opening
-/// (enough for sockudo's `subscription_succeeded`, or a JSON delivery's
-/// stamp).
+/// Payload bytes the lean reader keeps with `--verify` (enough for a JSON
+/// delivery's stamp).
 const CAPTURE: usize = 96;
 /// The lean reader's shared read buffer.
 const SHARED_BUFFER: usize = 64 * 1024;
@@ -65,6 +69,43 @@ impl Reader {
     }
 }
 
+/// How a client opens its connection.
+pub trait Opening {
+    /// The path (with its query) client `i` upgrades on.
+    fn path(&self, i: usize) -> String;
+
+    /// The upgrade request's extra headers (`Name: value`): `X-Client`
+    /// names the client (the floor reports its write times by it).
+    fn headers(&self, i: usize) -> Vec<String> {
+        vec![format!("X-Client: {i}")]
+    }
+
+    /// What client `i` does with a text frame (`payload`, whole) the
+    /// server sent while it opens.
+    fn on_text(&self, i: usize, payload: &[u8]) -> Step;
+}
+
+/// A client's next step while it opens.
+pub enum Step {
+    /// Read on.
+    Wait,
+    /// Write this (a masked client frame), then read on.
+    Send(Vec<u8>),
+    /// Open: every text frame from now on counts.
+    Ready,
+    /// Refused by the server: the run fails.
+    Fail(String),
+}
+
+/// When one client started its handshake, got its 101 and was ready
+/// (generator clock, ns).
+#[derive(Debug, Clone, Copy)]
+pub struct OpenTimes {
+    pub start: u64,
+    pub upgraded: u64,
+    pub ready: u64,
+}
+
 /// What the clients of one run record, shared by their tasks.
 pub struct Tally {
     /// Text frames received after opening, per client.
@@ -76,8 +117,9 @@ pub struct Tally {
     /// While set, each delivery's (client, arrival) goes to `arrivals`.
     pub recording: Cell<bool>,
     pub arrivals: RefCell<Vec<(u32, u64)>>,
-    /// Clients that completed their opening.
+    /// Clients that completed their opening, and when each did.
     pub ready: Cell<usize>,
+    pub opened: RefCell<Vec<OpenTimes>>,
     /// Clients whose connection ended, and why the first one did.
     pub closed: Cell<u64>,
     pub first_error: RefCell<Option<String>>,
@@ -104,6 +146,7 @@ impl Tally {
             recording: Cell::new(false),
             arrivals: RefCell::new(Vec::new()),
             ready: Cell::new(0),
+            opened: RefCell::new(Vec::with_capacity(clients)),
             closed: Cell::new(0),
             first_error: RefCell::new(None),
             bad: Cell::new(0),
@@ -163,12 +206,13 @@ fn stamp_sent(payload: &[u8]) -> Option<u64> {
     scan::stamp(payload).map(|(_, _, sent)| sent)
 }
 
-/// Opens `n` clients of `server` on `addr`, `concurrency` handshakes at a
-/// time, each read by `reader` into `tally`; returns once all have
-/// opened (or fails on the first that cannot).
+/// Opens `n` clients as `opening` says, client `i` on `addrs[i %
+/// addrs.len()]`, `concurrency` handshakes at a time, each read by
+/// `reader` into `tally`; returns once all have opened (or fails on the
+/// first that cannot).
 pub async fn connect_all(
-    server: Server,
-    addr: SocketAddr,
+    opening: Rc<dyn Opening>,
+    addrs: &[SocketAddr],
     n: usize,
     concurrency: usize,
     reader: Reader,
@@ -181,20 +225,29 @@ pub async fn connect_all(
         if let Some(err) = failed.borrow_mut().take() {
             return Err(err);
         }
-        let (tally, failed) = (tally.clone(), failed.clone());
+        let (tally, failed, opening) = (tally.clone(), failed.clone(), opening.clone());
+        let addr = addrs[i % addrs.len()];
         tokio::task::spawn_local(async move {
+            let start = now_ns();
             let opened = match reader {
-                Reader::Lean => open_lean(server, addr, i, &tally).await.map(Opened::Lean),
-                Reader::Fastwebsockets => open_fastws(server, addr, i).await.map(Opened::Fastws),
+                Reader::Lean => open_lean(&*opening, addr, i)
+                    .await
+                    .map(|(at, client)| (at, Opened::Lean(client))),
+                Reader::Fastwebsockets => open_fastws(&*opening, addr, i)
+                    .await
+                    .map(|(at, client)| (at, Opened::Fastws(client))),
             };
             drop(permit);
             match opened {
-                Ok(opened) => {
+                Ok((upgraded, opened)) => {
                     tally.ready.set(tally.ready.get() + 1);
+                    tally.opened.borrow_mut().push(OpenTimes {
+                        start,
+                        upgraded,
+                        ready: now_ns(),
+                    });
                     match opened {
-                        Opened::Lean((stream, scanner)) => {
-                            read_lean(stream, scanner, i, tally).await
-                        }
+                        Opened::Lean(lean) => read_lean(lean, i, tally).await,
                         Opened::Fastws(reader) => read_fastws(reader, i, tally).await,
                     }
                 }
@@ -221,65 +274,93 @@ pub async fn connect_all(
 
 /// An opened client, as its reader holds it.
 enum Opened {
-    Lean((TcpStream, Scanner)),
+    Lean(LeanClient),
     Fastws(FastwsClient),
 }
 
-/// The upgrade request's headers: `X-Client` names the client (the floor
-/// reports its write times by it).
-fn client_headers(i: usize) -> Vec<String> {
-    vec![format!("X-Client: {i}")]
+/// What the lean reader keeps: the socket, and what the server sent after
+/// the frame that made the client ready (fed to a fresh scanner first).
+struct LeanClient {
+    stream: TcpStream,
+    rest: Vec<u8>,
 }
 
-/// Handshake, then the server's first frame (the greeting, or sockudo's
-/// `connection_established`); for sockudo also the subscription and its
-/// confirmation. The scanner is left at a frame boundary.
-async fn open_lean(
-    server: Server,
-    addr: SocketAddr,
-    i: usize,
-    tally: &Tally,
-) -> Result<(TcpStream, Scanner)> {
-    let (mut stream, rest) = ws::handshake(addr, &server.ws_path(), &client_headers(i)).await?;
-    let mut scanner = Scanner::new(CAPTURE);
-    let mut bytes = rest;
-    let mut subscribed = server.subscription(i).is_none();
-    let mut greeted = false;
+/// Handshake, then the opening: the server's frames read whole, each
+/// text frame given to `opening`, until it says the client is ready.
+/// Answers when the 101 came.
+async fn open_lean(opening: &dyn Opening, addr: SocketAddr, i: usize) -> Result<(u64, LeanClient)> {
+    let (mut stream, mut bytes) =
+        ws::handshake(addr, &opening.path(i), &opening.headers(i)).await?;
+    let upgraded = now_ns();
     let mut chunk = [0u8; 2048];
     loop {
-        let mut confirmed = false;
-        let mut texts = 0;
-        scanner
-            .feed(&bytes, |frame| {
-                if frame.opcode == opcode::TEXT {
-                    texts += 1;
-                    confirmed |= Server::confirms(frame.prefix);
+        while let Some((frame, used)) = whole_frame(&bytes).context("opening")? {
+            let step = if frame.opcode == opcode::TEXT {
+                opening.on_text(i, frame.prefix)
+            } else {
+                Step::Wait
+            };
+            bytes.drain(..used);
+            match step {
+                Step::Wait => {}
+                Step::Send(frame) => stream.write_all(&frame).await?,
+                Step::Ready => {
+                    return Ok((
+                        upgraded,
+                        LeanClient {
+                            stream,
+                            rest: bytes,
+                        },
+                    ));
                 }
-            })
-            .context("opening")?;
-        if texts > 0 && !greeted {
-            greeted = true;
-            if let Some(subscription) = server.subscription(i) {
-                stream.write_all(&subscription).await?;
+                Step::Fail(why) => bail!("{why}"),
             }
-        }
-        subscribed |= confirmed;
-        if greeted && subscribed && scanner.at_boundary() {
-            break;
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
             bail!("closed while opening");
         }
-        bytes = chunk[..n].to_vec();
+        bytes.extend_from_slice(&chunk[..n]);
     }
-    scanner.set_capture(if tally.verify { CAPTURE } else { 0 });
-    Ok((stream, scanner))
+}
+
+/// Counts the frames of `bytes` (read at `now`) of client `i`: `Ok(false)`
+/// once it was closed.
+fn count_frames(
+    scanner: &mut Scanner,
+    bytes: &[u8],
+    now: u64,
+    i: usize,
+    tally: &Tally,
+) -> Result<bool, String> {
+    let verify = tally.verify;
+    let mut ended = false;
+    let fed = scanner.feed(bytes, |frame: Frame<'_>| match frame.opcode {
+        opcode::TEXT => tally.delivered(i, now, verify.then_some(frame.prefix)),
+        opcode::CLOSE => ended = true,
+        _ => tally.control.set(tally.control.get() + 1),
+    });
+    match fed {
+        Ok(()) => Ok(!ended),
+        Err(bad) => {
+            tally.bad.set(tally.bad.get() + 1);
+            Err(bad.to_string())
+        }
+    }
 }
 
 /// The lean read loop: raw reads into the shared buffer, frame headers only.
-async fn read_lean(mut stream: TcpStream, mut scanner: Scanner, i: usize, tally: Rc<Tally>) {
-    let verify = tally.verify;
+async fn read_lean(client: LeanClient, i: usize, tally: Rc<Tally>) {
+    let LeanClient { mut stream, rest } = client;
+    let mut scanner = Scanner::new(if tally.verify { CAPTURE } else { 0 });
+    if !rest.is_empty() {
+        match count_frames(&mut scanner, &rest, now_ns(), i, &tally) {
+            Ok(true) => {}
+            Ok(false) => return tally.ended(None),
+            Err(why) => return tally.ended(Some(why)),
+        }
+    }
+    drop(rest);
     let why = loop {
         let read = poll_fn(|cx| {
             BUFFER.with_borrow_mut(|buffer| {
@@ -288,25 +369,13 @@ async fn read_lean(mut stream: TcpStream, mut scanner: Scanner, i: usize, tally:
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Err(err)) => Poll::Ready(Err(err.to_string())),
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
-                    Poll::Ready(Ok(())) => {
-                        let now = now_ns();
-                        let mut ended = false;
-                        let fed =
-                            scanner.feed(buf.filled(), |frame: Frame<'_>| match frame.opcode {
-                                opcode::TEXT => {
-                                    tally.delivered(i, now, verify.then_some(frame.prefix));
-                                }
-                                opcode::CLOSE => ended = true,
-                                _ => tally.control.set(tally.control.get() + 1),
-                            });
-                        match fed {
-                            Ok(()) => Poll::Ready(Ok(!ended)),
-                            Err(bad) => {
-                                tally.bad.set(tally.bad.get() + 1);
-                                Poll::Ready(Err(bad.to_string()))
-                            }
-                        }
-                    }
+                    Poll::Ready(Ok(())) => Poll::Ready(count_frames(
+                        &mut scanner,
+                        buf.filled(),
+                        now_ns(),
+                        i,
+                        &tally,
+                    )),
                 }
             })
         })
@@ -332,8 +401,13 @@ struct FastwsClient {
 }
 
 /// As [`open_lean`], with fastwebsockets reading.
-async fn open_fastws(server: Server, addr: SocketAddr, i: usize) -> Result<FastwsClient> {
-    let (stream, rest) = ws::handshake(addr, &server.ws_path(), &client_headers(i)).await?;
+async fn open_fastws(
+    opening: &dyn Opening,
+    addr: SocketAddr,
+    i: usize,
+) -> Result<(u64, FastwsClient)> {
+    let (stream, rest) = ws::handshake(addr, &opening.path(i), &opening.headers(i)).await?;
+    let upgraded = now_ns();
     let (read, mut writer) = stream.into_split();
     let (mut reader, _) = after_handshake_split(
         Cursor::new(rest).chain(read),
@@ -343,23 +417,25 @@ async fn open_fastws(server: Server, addr: SocketAddr, i: usize) -> Result<Fastw
     reader.set_auto_pong(false);
     reader.set_auto_close(false);
     let mut no_obligations = |_| async { Ok::<(), std::io::Error>(()) };
-    let first = reader.read_frame(&mut no_obligations).await?;
-    if first.opcode != OpCode::Text {
-        bail!("no greeting");
-    }
-    if let Some(subscription) = server.subscription(i) {
-        writer.write_all(&subscription).await?;
-        loop {
-            let frame = reader.read_frame(&mut no_obligations).await?;
-            if frame.opcode == OpCode::Text && Server::confirms(&frame.payload) {
-                break;
-            }
+    loop {
+        let frame = reader.read_frame(&mut no_obligations).await?;
+        if frame.opcode != OpCode::Text {
+            continue;
+        }
+        match opening.on_text(i, &frame.payload) {
+            Step::Wait => {}
+            Step::Send(frame) => writer.write_all(&frame).await?,
+            Step::Ready => break,
+            Step::Fail(why) => bail!("{why}"),
         }
     }
-    Ok(FastwsClient {
-        reader,
-        _writer: writer,
-    })
+    Ok((
+        upgraded,
+        FastwsClient {
+            reader,
+            _writer: writer,
+        },
+    ))
 }
 
 /// The fastwebsockets read loop: one `read_frame` per frame, the payload

@@ -31,11 +31,26 @@
 //! With the floor, the time each client's write returned (`GET /writes`)
 //! splits every delivery's latency into the server's part (post → write
 //! returned) and the generator's (write returned → frame read).
+//!
+//! That is the `broadcast` scenario, the default. `--scenarios` adds the
+//! others, each measured against its baseline in the same invocation
+//! (their method is in their files):
+//! - `notify` ([`notifications`]): one `POST /notify/{user}` to each of N
+//!   users, against wsnotify's own broadcast to the same clients and
+//!   sockudo's private channels;
+//! - `redis` ([`redis_mode`]): two wsnotify instances on one Redis, N/2
+//!   clients each, against two sockudo instances with its Redis adapter;
+//! - `storm` ([`storm`]): N connects with HS256 tokens against the same
+//!   storm without.
 
 mod clients;
+mod notifications;
+mod redis_mode;
 mod report;
 mod servers;
+mod storm;
 
+use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
@@ -56,6 +71,13 @@ use crate::servers::Server;
 #[derive(Parser, Clone)]
 #[command(about = "Fan-out benchmark: wsnotify against a floor server, axum and sockudo")]
 pub struct Args {
+    /// Scenarios, run in this order (comma list): `broadcast` (the servers
+    /// of `--servers`), `notify` (per-user notifications), `redis` (two
+    /// instances on one Redis), `storm` (connects with and without JWT).
+    /// All but `broadcast` measure wsnotify, and sockudo where `--servers`
+    /// names it.
+    #[arg(long, value_enum, default_value = "broadcast", value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
     /// Servers, measured in this order in every repetition (comma list).
     #[arg(
         long,
@@ -124,6 +146,41 @@ pub struct Args {
     /// Extra environment for sockudo (KEY=VALUE, repeatable).
     #[arg(long = "sockudo-env", value_parser = key_value)]
     sockudo_env: Vec<(String, String)>,
+    /// notify: bursts of one notification to every client, each measured
+    /// (wsnotify's single broadcasts of the same run: `--rounds`).
+    #[arg(long, default_value_t = 5)]
+    notify_rounds: usize,
+    /// notify: publisher connections a burst is spread over.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// notify: requests each publisher keeps in flight (HTTP/1.1
+    /// pipelining), written in two batches of half as many.
+    #[arg(long, default_value_t = 16)]
+    pipeline: usize,
+    /// notify: channels per sockudo event (comma list, 1 to 100, sockudo's
+    /// limit; each a run of its own). 1 is wsnotify's workload: one
+    /// request per notification; more batches the burst.
+    #[arg(long, default_value = "1,100", value_delimiter = ',')]
+    sockudo_batch: Vec<usize>,
+    /// redis: the redis-server binary (started on the server core).
+    #[arg(long, default_value = "redis-server")]
+    redis_bin: String,
+    /// storm: handshakes in flight at once.
+    #[arg(long, default_value_t = 1000)]
+    storm_concurrency: usize,
+}
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Scenario {
+    /// One broadcast to N clients, and a burst of them.
+    Broadcast,
+    /// `POST /notify/{user}` to each of N users.
+    Notify,
+    /// Two instances on one Redis.
+    Redis,
+    /// N connects at once, with and without a JWT.
+    Storm,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -140,61 +197,128 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let (mut broadcasts, mut notified, mut shared, mut storms) = (None, None, None, None);
+    for &scenario in &args.scenarios {
+        match scenario {
+            Scenario::Broadcast => broadcasts = Some(runtime.block_on(broadcast_runs(&args))?),
+            Scenario::Notify => notified = Some(runtime.block_on(notifications::runs(&args))?),
+            Scenario::Redis => shared = Some(runtime.block_on(redis_mode::runs(&args))?),
+            Scenario::Storm => storms = Some(runtime.block_on(storm::runs(&args))?),
+        }
+    }
+    if let Some(runs) = broadcasts {
+        report::print(&runs);
+    }
+    if let Some(runs) = notified {
+        notifications::print(&runs);
+    }
+    if let Some(runs) = shared {
+        redis_mode::print(&runs);
+    }
+    if let Some(runs) = storms {
+        storm::print(&runs);
+    }
+    Ok(())
+}
+
+/// The broadcast scenario: every server of `--servers`, for every client
+/// count, payload, reader and repetition.
+async fn broadcast_runs(args: &Args) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
     for &clients in &args.clients {
         for &payload in &args.payloads {
             for &reader in &args.readers {
                 for rep in 1..=args.repeat {
                     for &server in &args.servers {
-                        let run =
-                            runtime.block_on(attempt(&args, server, reader, clients, payload))?;
+                        let label = format!(
+                            "{}: {clients} clients, {payload} B, {} reader",
+                            server.name(),
+                            reader.name()
+                        );
+                        let (run, attempts) = undisturbed(args, &label, || {
+                            measure(args, server, reader, clients, payload)
+                        })
+                        .await?;
                         eprintln!("   {}", run.line());
-                        runs.push(Run { rep, ..run });
+                        runs.push(Run {
+                            rep,
+                            attempts,
+                            ..run
+                        });
                     }
                 }
             }
         }
     }
-    report::print(&runs);
-    Ok(())
+    Ok(runs)
 }
 
-/// One run of `server`, repeated while the rest of the machine disturbs it.
-async fn attempt(
+/// A measurement the rest of the machine may have disturbed.
+pub trait Measured {
+    /// The cores the rest of the machine kept busy meanwhile; `None`: keep
+    /// the run whatever they were.
+    fn others(&self) -> Option<f64>;
+}
+
+impl Measured for Run {
+    fn others(&self) -> Option<f64> {
+        self.attached.is_none().then(|| self.others_cores())
+    }
+}
+
+/// Runs `measure`, in a `LocalSet` of its own (every client it spawned
+/// ends with it), again while the rest of the machine kept more than
+/// `--max-others` cores busy, at most `--attempts` times; answers the run
+/// kept and the attempts it took.
+pub async fn undisturbed<R: Measured, F: Future<Output = Result<R>>>(
     args: &Args,
-    server: Server,
-    reader: Reader,
-    clients: usize,
-    payload: usize,
-) -> Result<Run> {
+    label: &str,
+    measure: impl Fn() -> F,
+) -> Result<(R, usize)> {
     let mut tries = 0;
     loop {
         tries += 1;
         eprintln!(
-            "== {}: {clients} clients, {payload} B, {} reader, attempt {tries}, load average {}",
-            server.name(),
-            reader.name(),
+            "== {label}, attempt {tries}, load average {}",
             procs::loadavg()
         );
         let local = LocalSet::new();
         let run = local
-            .run_until(measure(args, server, reader, clients, payload))
+            .run_until(measure())
             .await
-            .with_context(|| format!("{} run", server.name()))?;
+            .with_context(|| format!("{label}: run"))?;
         drop(local);
-        let disturbed = run.others_cores() > args.max_others && run.attached.is_none();
-        if !disturbed || tries >= args.attempts {
-            return Ok(Run {
-                attempts: tries,
-                ..run
-            });
+        match run.others() {
+            Some(others) if others > args.max_others && tries < args.attempts => {
+                eprintln!(
+                    "   discarded: the rest of the machine kept {others:.2} cores busy; again in 10 s"
+                );
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            _ => return Ok((run, tries)),
         }
-        eprintln!(
-            "   discarded: the rest of the machine kept {:.2} cores busy; again in 10 s",
-            run.others_cores()
-        );
-        tokio::time::sleep(Duration::from_secs(10)).await;
     }
+}
+
+/// Runs `publish` with every delivery's arrival recorded, then waits until
+/// `expected` deliveries were counted in all (or `limit` passed); answers
+/// what `publish` did and the (client, arrival) of every delivery
+/// meanwhile.
+pub async fn recorded<T>(
+    tally: &Tally,
+    expected: u64,
+    limit: Duration,
+    publish: impl Future<Output = Result<T>>,
+) -> Result<(T, Vec<(u32, u64)>)> {
+    tally.arrivals.borrow_mut().clear();
+    tally.recording.set(true);
+    let done = publish.await;
+    if done.is_ok() {
+        wait_received(tally, expected, limit).await;
+    }
+    tally.recording.set(false);
+    let arrivals = std::mem::take(&mut *tally.arrivals.borrow_mut());
+    Ok((done?, arrivals))
 }
 
 async fn measure(
@@ -212,8 +336,8 @@ async fn measure(
     let rss_before = proc.rss_kib()?;
     let started = now_ns();
     clients::connect_all(
-        server,
-        proc.addr,
+        Rc::new(server),
+        &[proc.addr],
         n,
         args.connect_concurrency,
         reader,
@@ -239,15 +363,12 @@ async fn measure(
     let mut expected = 0u64;
     let before = mark(&proc);
     for seq in 0..args.rounds {
-        tally.arrivals.borrow_mut().clear();
-        tally.recording.set(true);
         let message = stamped('b', seq as u64, payload);
         let sent = scan::stamp(message.as_bytes()).map_or(now_ns(), |(_, _, sent)| sent);
-        let reply = server.publish(&mut publisher, &message).await?;
         expected += n as u64;
-        wait_received(&tally, expected, Duration::from_secs(10)).await;
-        tally.recording.set(false);
-        let arrivals = std::mem::take(&mut *tally.arrivals.borrow_mut());
+        let publish = server.publish(&mut publisher, &message);
+        let (reply, arrivals) =
+            recorded(&tally, expected, Duration::from_secs(10), publish).await?;
         let mut round: Vec<u64> = arrivals
             .iter()
             .map(|&(_, at)| at.saturating_sub(sent))
@@ -312,7 +433,7 @@ async fn measure(
 }
 
 /// Waits until `expected` deliveries were counted, or `limit` passed.
-async fn wait_received(tally: &Tally, expected: u64, limit: Duration) {
+pub async fn wait_received(tally: &Tally, expected: u64, limit: Duration) {
     let deadline = now_ns() + limit.as_nanos() as u64;
     while tally.received.get() < expected && now_ns() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -321,7 +442,7 @@ async fn wait_received(tally: &Tally, expected: u64, limit: Duration) {
 
 /// The server threads that used CPU between two readings: `name ×count
 /// (seconds)`, busiest first.
-fn busy_threads(before: &[(u64, String, f64)], after: &[(u64, String, f64)]) -> String {
+pub fn busy_threads(before: &[(u64, String, f64)], after: &[(u64, String, f64)]) -> String {
     let mut by_name: Vec<(String, usize, f64)> = Vec::new();
     for (tid, name, cpu) in after {
         let earlier = before.iter().find(|t| t.0 == *tid).map_or(0.0, |t| t.2);

@@ -54,13 +54,10 @@ pub struct Run {
 }
 
 impl Run {
-    /// The most cores the rest of the machine kept busy, rounds or burst:
-    /// the machine's process and interrupt time less the server's and the
-    /// generator's (their exact run time includes the loopback receives
-    /// that ran in their context, which `/proc/stat` counts as softirq).
+    /// The most cores the rest of the machine kept busy, rounds or burst
+    /// (see [`others_cores`]).
     pub fn others_cores(&self) -> f64 {
-        let cores = |c: &CpuUse| (c.others_s() + c.interrupts_s) / c.wall_s.max(1e-9);
-        cores(&self.rounds_cpu).max(cores(&self.burst_cpu))
+        others_cores(&self.rounds_cpu).max(others_cores(&self.burst_cpu))
     }
 
     fn server_us(&self, burst: bool) -> f64 {
@@ -315,8 +312,31 @@ pub fn print(runs: &[Run]) {
     }
 }
 
+/// The cores the rest of the machine kept busy during `cpu`: the machine's
+/// process and interrupt time less the measured processes' (their exact
+/// run time includes the loopback receives that ran in their context,
+/// which `/proc/stat` counts as softirq).
+pub fn others_cores(cpu: &CpuUse) -> f64 {
+    (cpu.others_s() + cpu.interrupts_s) / cpu.wall_s.max(1e-9)
+}
+
+/// Adds `more` to `total` (the same processes, in the same order; an empty
+/// `total` takes them).
+pub fn accumulate(total: &mut CpuUse, more: CpuUse) {
+    if total.procs.is_empty() {
+        *total = more;
+        return;
+    }
+    for (t, m) in total.procs.iter_mut().zip(&more.procs) {
+        *t += m;
+    }
+    total.wall_s += more.wall_s;
+    total.machine_s += more.machine_s;
+    total.interrupts_s += more.interrupts_s;
+}
+
 /// `a ÷ b` as `0.97×`, `-` when either is missing.
-fn ratio(a: f64, b: f64) -> String {
+pub fn ratio(a: f64, b: f64) -> String {
     if a.is_nan() || b.is_nan() || b == 0.0 {
         "-".into()
     } else {

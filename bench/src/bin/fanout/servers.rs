@@ -9,6 +9,7 @@ use wsnotify_bench::procs::{Proc, QUIET, free_port};
 use wsnotify_bench::pusher;
 
 use crate::Args;
+use crate::clients::{Opening, Step};
 
 /// The sockudo app every client and publisher uses.
 const SOCKUDO_APP: (&str, &str, &str) = ("bench", "bench-key", "bench-secret");
@@ -41,6 +42,13 @@ impl Server {
     /// Starts it pinned to the server core on a free port; returns once it
     /// listens.
     pub async fn start(self, args: &Args) -> Result<Proc> {
+        self.start_with(args, &[]).await
+    }
+
+    /// As [`Server::start`], with `extra` environment (wsnotify and
+    /// sockudo) after the benchmark's own and `--wsnotify-env` or
+    /// `--sockudo-env`.
+    pub async fn start_with(self, args: &Args, extra: &[(String, String)]) -> Result<Proc> {
         let cpu = args.server_cpu;
         let port = free_port()?;
         let port_args = vec!["--port".to_owned(), port.to_string()];
@@ -51,45 +59,18 @@ impl Server {
                 let mut envs = owned(QUIET);
                 envs.push(("PORT".into(), port.to_string()));
                 envs.extend(args.wsnotify_env.iter().cloned());
+                envs.extend(extra.iter().cloned());
                 Proc::spawn("wsnotify", &args.wsnotify_bin, cpu, port, &[], &envs)?
             }
             Server::Sockudo => {
                 let mut envs = sockudo_env(port);
                 envs.extend(args.sockudo_env.iter().cloned());
+                envs.extend(extra.iter().cloned());
                 Proc::spawn("sockudo", &args.sockudo_bin, cpu, port, &[], &envs)?
             }
         };
         proc.wait_listening().await?;
         Ok(proc)
-    }
-
-    /// The path a client connects to.
-    pub fn ws_path(self) -> String {
-        match self {
-            Server::Sockudo => sockudo_app().ws_path(),
-            _ => "/ws".to_owned(),
-        }
-    }
-
-    /// What a client sends once it has the server's first frame, before it
-    /// is ready: sockudo's subscription (then it waits for the server to
-    /// confirm it).
-    pub fn subscription(self, client: usize) -> Option<Vec<u8>> {
-        match self {
-            Server::Sockudo => {
-                let mask = (client as u32).wrapping_mul(2_654_435_761).to_be_bytes();
-                Some(client_text_frame(
-                    pusher::subscribe(SOCKUDO_CHANNEL).as_bytes(),
-                    mask,
-                ))
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether a text frame (its first bytes) confirms the subscription.
-    pub fn confirms(prefix: &[u8]) -> bool {
-        wsnotify_bench::scan::find(prefix, b"subscription_succeeded").is_some()
     }
 
     /// Publishes `message` to every client; the server's answer.
@@ -117,7 +98,52 @@ impl Server {
     }
 }
 
-fn sockudo_app() -> pusher::App {
+/// Every client on the one broadcast channel: wsnotify's plain `/ws` (ready
+/// at its greeting), the floor's and axum's `/ws`, or sockudo's public
+/// channel (`connection_established`, then the subscription, ready when
+/// it is confirmed).
+impl Opening for Server {
+    fn path(&self, _: usize) -> String {
+        match self {
+            Server::Sockudo => sockudo_app().ws_path(),
+            _ => "/ws".to_owned(),
+        }
+    }
+
+    fn on_text(&self, i: usize, payload: &[u8]) -> Step {
+        match self {
+            Server::Sockudo => pusher_step(i, payload, || pusher::subscribe(SOCKUDO_CHANNEL)),
+            _ => Step::Ready,
+        }
+    }
+}
+
+/// A Pusher client's opening: at `connection_established` it sends
+/// `subscription()`, and it is ready once sockudo confirms it (an error
+/// fails it).
+pub fn pusher_step(i: usize, payload: &[u8], subscription: impl FnOnce() -> String) -> Step {
+    let has = |what: &[u8]| wsnotify_bench::scan::find(payload, what).is_some();
+    if has(b"subscription_succeeded") {
+        Step::Ready
+    } else if has(b"pusher:error") || has(b"subscription_error") {
+        Step::Fail(format!(
+            "sockudo refused: {}",
+            String::from_utf8_lossy(payload)
+        ))
+    } else if has(b"connection_established") {
+        Step::Send(client_text_frame(subscription().as_bytes(), mask(i)))
+    } else {
+        Step::Wait
+    }
+}
+
+/// A client frame's mask, different per client.
+pub fn mask(i: usize) -> [u8; 4] {
+    (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()
+}
+
+/// The app of every sockudo client and publisher.
+pub fn sockudo_app() -> pusher::App {
     let (id, key, secret) = SOCKUDO_APP;
     pusher::App {
         id: id.into(),
@@ -130,7 +156,7 @@ fn sockudo_app() -> pusher::App {
 /// limiter, no metrics server, one app whose limits (100 connections and
 /// 100 API events per second by default) do not bind, and no heartbeat the
 /// generator's clients would have to answer (as wsnotify's `QUIET`).
-fn sockudo_env(port: u16) -> Vec<(String, String)> {
+pub fn sockudo_env(port: u16) -> Vec<(String, String)> {
     let (id, key, secret) = SOCKUDO_APP;
     let pairs: &[(&str, &str)] = &[
         ("HOST", "127.0.0.1"),
@@ -159,7 +185,7 @@ fn sockudo_env(port: u16) -> Vec<(String, String)> {
     envs
 }
 
-fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+pub fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
