@@ -96,3 +96,13 @@ bench-resume *ARGS: bench-build
 # Reliable delivery: long-poll wake-up of 1k pollers vs the same broadcasts on 1k WebSockets.
 bench-poll *ARGS: bench-build
     ./target/release/reliable poll {{ARGS}}
+
+# A drained with SIGTERM, its clients move to B, DRAIN_RECONNECT_SPREAD=10 vs 0 in one run (--spreads, --clients, …).
+# Reconnect storm: peak accepts/s and p99 connect time on the surviving instance, spread hint vs none.
+bench-storm *ARGS: bench-build
+    ./target/release/reliable storm {{ARGS}}
+
+# 3 instances, 10k clients of 5k users; six redis-server processes joined by redis-cli --cluster create.
+# Cross-instance notifications/s and p99 on one Redis vs a 3-primary Redis Cluster, with each node's Pub/Sub load.
+bench-cluster *ARGS: bench-build
+    ./target/release/reliable cluster {{ARGS}}

@@ -15,6 +15,8 @@
 //!   `/metrics`);
 //! - [`pusher`]: the Pusher protocol's subscription and signed API
 //!   requests, for sockudo;
+//! - [`redis_cluster`]: a private six-node Redis Cluster, a RESP request
+//!   on one node and its `INFO` fields (`reliable cluster`);
 //! - [`scan`]: allocation-free field lookups in the server's JSON, for the
 //!   hot receive paths, and the `since` encoding;
 //! - [`stats`]: percentiles and ratios.
@@ -24,6 +26,7 @@ pub mod frames;
 pub mod http;
 pub mod procs;
 pub mod pusher;
+pub mod redis_cluster;
 pub mod scan;
 pub mod stats;
 pub mod ws;

@@ -11,17 +11,23 @@
 //! - `resume`: 10k clients of a drained instance resuming on another one
 //!   (Redis) with `since`, against the same drain without `since`;
 //! - `poll`: long-poll wake-up latency of one broadcast against the same
-//!   broadcast's WebSocket latency.
+//!   broadcast's WebSocket latency;
+//! - `storm`: the reconnect storm a drained instance's 10k clients send to
+//!   the surviving one, with the drain's spread hint against without;
+//! - `cluster`: per-user notifications across 3 instances on one Redis
+//!   against a 3-primary Redis Cluster, with each primary's Pub/Sub load.
 //!
 //! Every server (and Redis) is pinned to `--server-cpu`; the generator, one
 //! single-threaded tokio runtime, to the next core. See docs/BENCHMARKS.md,
 //! "Reliable delivery: history, resume, polling".
 
+mod cluster;
 mod fanout;
 mod memory;
 mod poll;
 mod resume;
 mod shared;
+mod storm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -45,6 +51,10 @@ enum Scenario {
     Resume(resume::Args),
     /// Long-poll wake-up latency against WebSocket delivery of the same broadcast.
     Poll(poll::Args),
+    /// Reconnect storm on the surviving instance after a drain, spread hint vs none.
+    Storm(storm::Args),
+    /// Per-user notifications across 3 instances: one Redis vs a 3-primary Redis Cluster.
+    Cluster(cluster::Args),
 }
 
 fn main() -> Result<()> {
@@ -57,6 +67,8 @@ fn main() -> Result<()> {
         Scenario::Memory(args) => memory::run(&cli.common, args),
         Scenario::Resume(args) => resume::run(&cli.common, args),
         Scenario::Poll(args) => poll::run(&cli.common, args),
+        Scenario::Storm(args) => storm::run(&cli.common, args),
+        Scenario::Cluster(args) => cluster::run(&cli.common, args),
     };
     println!();
     println!(

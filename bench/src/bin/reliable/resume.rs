@@ -93,7 +93,7 @@ enum Variant {
 
 /// Where publishes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Via {
+pub(crate) enum Via {
     B,
     C,
 }
@@ -155,14 +155,14 @@ impl Shared {
 
 /// What the publisher's replies said: the head of every stream.
 #[derive(Default)]
-struct Heads {
-    users: BTreeMap<usize, u64>,
-    broadcast: u64,
-    published: u64,
-    failed: u64,
+pub(crate) struct Heads {
+    pub users: BTreeMap<usize, u64>,
+    pub broadcast: u64,
+    pub published: u64,
+    pub failed: u64,
     /// When each publish was answered (generator clock), and whether it
     /// was a broadcast.
-    answered: Vec<(u64, bool, u64)>,
+    pub answered: Vec<(u64, bool, u64)>,
 }
 
 /// One run's figures.
@@ -201,7 +201,7 @@ struct Report {
 }
 
 /// Kernel counters read around the reconnect storm.
-const TCP: &[&str] = &["ListenOverflows", "ListenDrops", "TCPSynRetrans"];
+pub(crate) const TCP: &[&str] = &["ListenOverflows", "ListenDrops", "TCPSynRetrans"];
 
 pub fn run(common: &Common, args: &Args) -> Result<()> {
     let mut reports = Vec::new();
@@ -303,7 +303,13 @@ async fn run_one(
 
     let heads = Arc::new(Mutex::new(Heads::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = spawn_publisher(common, args, publish_to, heads.clone(), stop.clone());
+    let plan = Plan {
+        rate: args.rate,
+        broadcast_rate: args.broadcast_rate,
+        users: args.clients,
+        payload: args.payload,
+    };
+    let publisher = spawn_publisher(common, plan, publish_to, heads.clone(), stop.clone());
     let publish_started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.warmup_secs)).await;
 
@@ -419,18 +425,27 @@ async fn run_one(
     Ok(report)
 }
 
+/// What the publisher sends: notifications/s to random users `u0…`,
+/// broadcasts/s among them, payload bytes.
+pub(crate) struct Plan {
+    pub rate: u64,
+    pub broadcast_rate: u64,
+    pub users: usize,
+    pub payload: usize,
+}
+
 /// The publisher, on its own thread and runtime (pinned to the generator's
 /// core), so that the reconnect storm does not stall its clock.
-fn spawn_publisher(
+pub(crate) fn spawn_publisher(
     common: &Common,
-    args: &Args,
+    plan: Plan,
     addr: std::net::SocketAddr,
     heads: Arc<Mutex<Heads>>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Result<()>> {
     let cpu = common.generator_cpu();
     let (rate, broadcasts, users, payload) =
-        (args.rate, args.broadcast_rate, args.clients, args.payload);
+        (plan.rate, plan.broadcast_rate, plan.users, plan.payload);
     std::thread::spawn(move || {
         pin_thread(cpu);
         let runtime = tokio::runtime::Builder::new_current_thread()
