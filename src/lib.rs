@@ -34,6 +34,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod delivery;
+pub mod flusher;
 pub mod history;
 pub mod http;
 pub mod hub;
@@ -47,6 +48,7 @@ pub mod query;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod socket;
 pub mod stream;
 pub mod upgrade;
 

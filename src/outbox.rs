@@ -7,17 +7,30 @@
 //! client can make the server build large frames for it alone, such as
 //! rosters) marks the connection a slow consumer and fires its kill switch:
 //! the publisher moves on, and the session closes with 4008.
+//!
+//! A plain-text connection's outbox may also hold its socket: then a push
+//! into an idle outbox (empty, and nobody writing) goes to the
+//! [`Flusher`], which writes it without waking the session, and the session
+//! takes over what the socket does not accept at once. Exactly one side
+//! writes at a time: the session while it holds the claim (`busy`, from
+//! [`Outbox::drain_into`] or [`Outbox::claim`] to [`Outbox::release`]), the
+//! flusher only under the lock and only when nobody holds it.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::history::Record;
 use crate::protocol::Close;
+
+/// At most this many frames go into one `writev` call (Linux allows 1024).
+pub const MAX_IOVECS: usize = 64;
 
 /// One thing queued for a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +94,7 @@ pub struct Outbox {
     last_seen_ms: AtomicU64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     queue: VecDeque<Item>,
     /// The bytes of the items in `queue`.
@@ -89,6 +102,82 @@ struct State {
     /// Why the connection was killed, once it has been.
     killed: Option<Close>,
     closed: bool,
+    /// The session holds the socket: it writes, nobody else does. Set from
+    /// the start, so the opening goes out before anything written through.
+    busy: bool,
+    /// The front frame is partly on the wire (the flusher wrote its
+    /// beginning): it must go out before anything else, even a close frame.
+    front_started: bool,
+    /// On the flusher's list, not written yet.
+    listed: bool,
+    /// The socket, for the flusher; `None` for every other kind of outbox.
+    direct: Option<Direct>,
+}
+
+/// What the flusher needs to write to a connection directly.
+#[derive(Debug)]
+struct Direct {
+    socket: Arc<TcpStream>,
+    backlog: Arc<Backlog>,
+}
+
+/// Outboxes waiting for a [`Flusher`](crate::flusher::Flusher) task to
+/// write them through: one per task.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    outboxes: Mutex<Vec<Arc<Outbox>>>,
+    wake: Notify,
+}
+
+impl Backlog {
+    /// Adds `outbox`; called under its lock, once per idle period.
+    fn enlist(&self, outbox: Arc<Outbox>) {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+        let first = outboxes.is_empty();
+        outboxes.push(outbox);
+        drop(outboxes);
+        if first {
+            // Stored as a permit if the task is busy: it looks again.
+            self.wake.notify_one();
+        }
+    }
+
+    /// Moves everything enlisted into the empty `batch`.
+    pub fn take(&self, batch: &mut Vec<Arc<Outbox>>) {
+        std::mem::swap(
+            &mut *self.outboxes.lock().unwrap_or_else(|e| e.into_inner()),
+            batch,
+        );
+    }
+
+    /// Waits until something may have been enlisted. Cancel-safe.
+    pub async fn enlisted(&self) {
+        self.wake.notified().await
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            queue: VecDeque::new(),
+            bytes: 0,
+            killed: None,
+            closed: false,
+            busy: true,
+            front_started: false,
+            listed: false,
+            direct: None,
+        }
+    }
+}
+
+impl State {
+    /// Empties the queue, except a frame already partly written.
+    fn clear(&mut self) {
+        let keep = usize::from(self.front_started);
+        self.queue.truncate(keep);
+        self.bytes = self.queue.iter().map(Item::len).sum();
+    }
 }
 
 impl Outbox {
@@ -124,15 +213,23 @@ impl Outbox {
         }
         state.closed = true;
         state.killed = Some(reason);
-        state.queue.clear();
-        state.bytes = 0;
+        state.clear();
         drop(state);
         self.kill.cancel();
         true
     }
 
+    /// Lets the flusher write to `socket` whenever this outbox is idle (only
+    /// for outboxes that hold frames alone: records pass the session's gate).
+    pub fn attach(&self, socket: Arc<TcpStream>, backlog: Arc<Backlog>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !state.closed {
+            state.direct = Some(Direct { socket, backlog });
+        }
+    }
+
     /// Queues `item` (a frame, or a record) without waiting.
-    pub fn push(&self, item: impl Into<Item>) -> Push {
+    pub fn push(self: &Arc<Self>, item: impl Into<Item>) -> Push {
         let item = item.into();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.closed {
@@ -148,11 +245,60 @@ impl Outbox {
         let was_empty = state.queue.is_empty();
         state.bytes += item.len();
         state.queue.push_back(item);
-        drop(state);
-        if was_empty {
+        if !was_empty {
+            return Push::Queued;
+        }
+        if state.busy || state.direct.is_none() {
+            drop(state);
             self.ready.notify_one();
+        } else if !std::mem::replace(&mut state.listed, true)
+            && let Some(direct) = &state.direct
+        {
+            direct.backlog.enlist(self.clone());
         }
         Push::Queued
+    }
+
+    /// The flusher's turn: unless the session holds the socket, writes what
+    /// is queued with non-blocking `writev`s until the queue is empty or the
+    /// socket is full; what is left is the session's, and it is woken.
+    /// Returns the frames written whole.
+    pub fn write_through(&self) -> usize {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.listed = false;
+        if state.closed || state.busy || state.queue.is_empty() {
+            return 0;
+        }
+        let Some(socket) = state.direct.as_ref().map(|d| d.socket.clone()) else {
+            return 0;
+        };
+        let mut frames = 0;
+        while !state.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for (item, slice) in state.queue.iter().zip(slices.iter_mut()) {
+                let Item::Frame(frame) = item else { break };
+                *slice = IoSlice::new(frame);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            let Ok(written) = socket.try_write_vectored(&slices[..n]) else {
+                // Full (WouldBlock) or failed: the session waits, or finds out.
+                break;
+            };
+            if written == 0 {
+                break;
+            }
+            state.bytes -= written;
+            frames += advance(&mut state, written);
+        }
+        if !state.queue.is_empty() {
+            drop(state);
+            self.ready.notify_one();
+        }
+        frames
     }
 
     /// Waits until something may be queued. Cancel-safe.
@@ -160,9 +306,12 @@ impl Outbox {
         self.ready.notified().await
     }
 
-    /// Moves every queued item to the back of `out`, keeping order.
+    /// Moves every queued item to the back of `out`, keeping order, and
+    /// claims the socket for the session (see [`Outbox::release`]).
     pub fn drain_into(&self, out: &mut VecDeque<Item>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.busy = true;
+        state.front_started = false;
         if out.is_empty() {
             std::mem::swap(&mut state.queue, out);
         } else {
@@ -171,12 +320,45 @@ impl Outbox {
         state.bytes = 0;
     }
 
-    /// Refuses further pushes (the session is ending).
+    /// Claims the socket for the session, which is about to write: the
+    /// flusher keeps off it until [`Outbox::release`]. Returns the rest of
+    /// a frame the flusher had begun, which must be written first.
+    pub fn claim(&self) -> Option<Bytes> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.busy = true;
+        if !std::mem::take(&mut state.front_started) {
+            return None;
+        }
+        let front = state.queue.pop_front()?;
+        state.bytes -= front.len();
+        match front {
+            Item::Frame(frame) => Some(frame),
+            Item::Record(record) => Some(record.frame.clone()),
+        }
+    }
+
+    /// The session has written everything it held: the flusher may write
+    /// again, unless something is queued (then the session keeps the claim
+    /// and is woken to write it: the flusher skipped it while it was busy).
+    pub fn release(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.queue.is_empty() {
+            state.busy = false;
+            return;
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Refuses further pushes (the session is ending) and lets the socket go.
     pub fn close(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.closed = true;
+        state.busy = true;
+        state.front_started = false;
         state.queue.clear();
         state.bytes = 0;
+        state.direct = None;
     }
 
     /// Why this connection was killed, if it was.
@@ -190,6 +372,27 @@ impl Outbox {
     }
 }
 
+/// Takes `written` bytes off the front of the queue; the frames finished.
+fn advance(state: &mut State, mut written: usize) -> usize {
+    let mut frames = 0;
+    while written > 0 {
+        let Some(Item::Frame(front)) = state.queue.front_mut() else {
+            break;
+        };
+        if front.len() <= written {
+            written -= front.len();
+            state.queue.pop_front();
+            state.front_started = false;
+            frames += 1;
+        } else {
+            front.advance(written);
+            state.front_started = true;
+            written = 0;
+        }
+    }
+    frames
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,7 +403,7 @@ mod tests {
 
     #[test]
     fn overflow_kills_and_drops_later_pushes() {
-        let outbox = Outbox::new(2, usize::MAX);
+        let outbox = Arc::new(Outbox::new(2, usize::MAX));
         assert_eq!(outbox.push(Bytes::from_static(b"a")), Push::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"b")), Push::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"c")), Push::Overflowed);
@@ -211,7 +414,7 @@ mod tests {
 
     #[test]
     fn the_byte_bound_overflows_but_one_large_frame_may_pass() {
-        let outbox = Outbox::new(100, 10);
+        let outbox = Arc::new(Outbox::new(100, 10));
         assert_eq!(
             outbox.push(Bytes::from_static(b"a large frame")),
             Push::Queued
@@ -225,7 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn drain_keeps_order_and_wakes_once() {
-        let outbox = Outbox::new(8, usize::MAX);
+        let outbox = Arc::new(Outbox::new(8, usize::MAX));
         outbox.push(Bytes::from_static(b"1"));
         outbox.push(Bytes::from_static(b"2"));
         outbox.ready().await; // the permit stored by the first push
@@ -236,5 +439,84 @@ mod tests {
         outbox.drain_into(&mut out);
         assert_eq!(out.len(), 3);
         assert_eq!(out[2], frame(b"3"));
+    }
+
+    /// A connected pair over loopback: the server's end shared, the client's.
+    async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let server = accepted.unwrap().0;
+        // As a session's socket is by the time it idles: known writable.
+        server.writable().await.unwrap();
+        (Arc::new(server), client.unwrap())
+    }
+
+    fn attached(socket: Arc<TcpStream>) -> (Arc<Outbox>, Arc<Backlog>) {
+        let backlog = Arc::new(Backlog::default());
+        let outbox = Arc::new(Outbox::new(64, usize::MAX));
+        outbox.attach(socket, backlog.clone());
+        (outbox, backlog)
+    }
+
+    #[tokio::test]
+    async fn an_idle_outbox_is_written_through_and_its_session_sleeps() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = socket_pair().await;
+        let (outbox, backlog) = attached(server);
+        let flusher = crate::flusher::Flusher::new(Arc::new(crate::metrics::Metrics::new()));
+        let backlog_task = tokio::spawn(crate::flusher::run(backlog, flusher.metrics()));
+        // The opening: the session holds the claim until it has written.
+        outbox.push(Bytes::from_static(b"greeting;"));
+        outbox.ready().await;
+        let mut taken = VecDeque::new();
+        outbox.drain_into(&mut taken);
+        assert_eq!(taken, [frame(b"greeting;")]);
+        outbox.release();
+        // Idle now: pushes go to the flusher, in order, and wake nobody.
+        outbox.push(Bytes::from_static(b"one;"));
+        outbox.push(Bytes::from_static(b"two;"));
+        let mut read = [0u8; 8];
+        client.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"one;two;");
+        let woken = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.ready());
+        assert!(
+            woken.await.is_err(),
+            "the session was woken for frames written through"
+        );
+        // While the session holds the claim, pushes wake it instead.
+        assert_eq!(outbox.claim(), None);
+        outbox.push(Bytes::from_static(b"three;"));
+        outbox.ready().await;
+        taken.clear();
+        outbox.drain_into(&mut taken);
+        assert_eq!(taken, [frame(b"three;")]);
+        backlog_task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_socket_took_part_of_survives_the_kill_and_goes_first() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = socket_pair().await;
+        let (outbox, _flusher) = attached(server);
+        outbox.release();
+        // Far more than loopback's socket buffers hold while nobody reads.
+        let big: Bytes = (0..64 * 1024 * 1024u32).map(|i| i as u8).collect();
+        outbox.push(big.clone());
+        outbox.push(Bytes::from_static(b"next"));
+        assert_eq!(outbox.write_through(), 0, "the whole frame cannot fit");
+        // The session is woken to finish it; a kill keeps the begun frame only.
+        outbox.ready().await;
+        assert!(outbox.kill(Close::SlowConsumer));
+        let rest = outbox.claim().expect("the rest of the begun frame");
+        assert!(rest.len() < big.len());
+        assert_eq!(rest, big.slice(big.len() - rest.len()..));
+        let mut taken = VecDeque::new();
+        outbox.drain_into(&mut taken);
+        assert!(taken.is_empty(), "the kill drops the frames not begun");
+        // What reached the client is exactly the frame's beginning.
+        let mut sent = vec![0u8; big.len() - rest.len()];
+        client.read_exact(&mut sent).await.unwrap();
+        assert_eq!(sent, big[..sent.len()]);
     }
 }

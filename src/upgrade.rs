@@ -24,6 +24,7 @@ use crate::limits::{invalid_room, user_id_fits, user_id_too_long, valid_room};
 use crate::node::Node;
 use crate::query::query_param;
 use crate::session::{self, Opening};
+use crate::socket::Socket;
 
 /// What a WebSocket request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,20 +115,20 @@ pub fn websocket<B>(
 async fn hand_over(node: Arc<Node>, upgraded: Upgraded, user: Arc<str>, opening: Opening) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let mut tcp = parts.io.into_inner();
-            let (read, write) = tcp.split();
+            let socket = Socket::new(parts.io.into_inner());
             // Bytes the client sent right behind its handshake come first.
             // `read_buf` is a view into hyper's connection buffer (8 KiB or
             // more); keeping it would pin that buffer for the connection's
             // life, so the few bytes in it, if any, are copied out.
             let early = Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
-            let read = Cursor::new(early).chain(read);
-            session::run(node, read, write, user, opening).await
+            let read = Cursor::new(early).chain(socket.clone());
+            let stream = socket.stream().clone();
+            session::run(node, (read, socket), Some(stream), user, opening).await
         }
         Err(upgraded) => {
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            session::run(node, read, write, user, opening).await
+            let halves = tokio::io::split(TokioIo::new(upgraded));
+            session::run(node, halves, None, user, opening).await
         }
     }
 }

@@ -22,9 +22,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::flusher::Flusher;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{Close, Dialect};
@@ -124,6 +126,8 @@ pub struct Hub {
     next_id: AtomicU64,
     bounds: QueueBounds,
     metrics: Arc<Metrics>,
+    /// Writes idle plain-text connections' frames without waking them.
+    flusher: Arc<Flusher>,
     /// The clock of the outboxes' last-seen times (tokio's, so paused time
     /// drives the idle sweep in tests).
     epoch: Instant,
@@ -161,6 +165,16 @@ impl Registration {
     /// This connection's outbound queue.
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// Lets the hub's [`Flusher`] write this connection's frames to
+    /// `socket` directly while its session is idle. Only for connections
+    /// whose outbox holds frames alone (plain text): a JSON connection's
+    /// records pass its session's gate first.
+    pub fn write_through(&self, socket: Arc<TcpStream>) {
+        self.hub.flusher.start();
+        self.outbox
+            .attach(socket, self.hub.flusher.backlog(self.id));
     }
 
     /// The rooms this connection is in, in joining order.
@@ -235,6 +249,7 @@ impl Hub {
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             bounds,
+            flusher: Arc::new(Flusher::new(metrics.clone())),
             metrics,
             epoch: Instant::now(),
         }

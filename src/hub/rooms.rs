@@ -119,7 +119,13 @@ impl Hub {
     }
 
     /// Re-sends `room.joined` to a connection already in `room`.
-    pub(super) fn resend_roster(&self, room: &str, user: &str, outbox: &Outbox, remote: &[String]) {
+    pub(super) fn resend_roster(
+        &self,
+        room: &str,
+        user: &str,
+        outbox: &Arc<Outbox>,
+        remote: &[String],
+    ) {
         if let Some(entry) = read(self.room_shard(room)).get(room) {
             outbox.push(roster(room, entry, Some(user), remote));
         }

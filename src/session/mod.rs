@@ -25,18 +25,16 @@ use fastwebsockets::{Role, WebSocketError, WebSocketRead, after_handshake_split}
 use futures_util::{Stream, StreamExt};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Chain};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
 use crate::history::Since;
 use crate::history::gate::{Admit, Gate};
 use crate::limits::{ERROR_BURST, ERROR_REFILL_PER_SEC};
 use crate::node::{Node, Registration};
-use crate::outbox::Item;
+use crate::outbox::{Item, MAX_IOVECS};
 use crate::protocol::{self, Assembler, Close, Dialect, Event, Inbound, text};
 use crate::shutdown::CLOSE_GRACE;
-
-/// At most this many frames go into one `writev` call (Linux allows 1024).
-const MAX_IOVECS: usize = 64;
 
 /// How a session starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,9 +79,16 @@ struct Session<'a> {
     errors: TokenBucket,
 }
 
-/// Serves one upgraded WebSocket for `user` until it closes.
-pub async fn run<R, W>(node: Arc<Node>, reader: R, mut writer: W, user: Arc<str>, opening: Opening)
-where
+/// Serves one upgraded WebSocket for `user` until it closes. With `socket`
+/// (the TCP stream under `writer`), a plain-text session's frames are
+/// written through by the hub's flusher while the session is idle.
+pub async fn run<R, W>(
+    node: Arc<Node>,
+    (reader, mut writer): (R, W),
+    socket: Option<Arc<TcpStream>>,
+    user: Arc<str>,
+    opening: Opening,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -92,6 +97,11 @@ where
         Opening::Json { room, .. } => node.connect_json(user.clone(), room.as_deref()).await,
     };
     let id = registration.id();
+    if let Some(socket) = socket
+        && registration.dialect() == Dialect::Text
+    {
+        registration.write_through(socket);
+    }
     tracing::debug!(conn = id, %user, active = node.local_connections(), "client connected");
     let mut inbound = pin!(frames(reader, node.config().max_message_size));
     let mut session = Session {
@@ -113,6 +123,11 @@ where
     let Session {
         reg, mut pending, ..
     } = session;
+    // From here on only this task writes; a frame the flusher began is
+    // finished first.
+    if let Some(front) = reg.outbox().claim() {
+        pending.push_front(front);
+    }
     if matches!(ending, Ending::Close(_)) {
         // What the last turn queued (a `system.error` for the message that
         // spent the error budget, say) goes out before the close frame.
@@ -321,6 +336,9 @@ async fn flush<W>(
 where
     W: AsyncWrite + Unpin,
 {
+    if let Some(front) = reg.outbox().claim() {
+        pending.push_front(front);
+    }
     let count = pending.len();
     tokio::select! {
         // The write usually completes at once; the stop arms are only
@@ -329,6 +347,7 @@ where
         written = write_frames(writer, pending) => match written {
             Ok(()) => {
                 node.metrics().delivered(count);
+                reg.outbox().release();
                 None
             }
             Err(_) => Some(Ending::Gone),
@@ -576,8 +595,8 @@ mod tests {
         let (read, write) = tokio::io::split(client);
         let session = run(
             node.clone(),
-            server_read,
-            server_write,
+            (server_read, server_write),
+            None,
             "u1".into(),
             opening,
         );
