@@ -1,7 +1,9 @@
 //! A minimal keep-alive HTTP/1.1 client: one request at a time on one
 //! connection, bodies with `Content-Length` (every wsnotify reply but
 //! `/sse` has one). Enough for publishers, pollers and `/metrics`, with no
-//! per-request allocation beyond the body.
+//! per-request allocation beyond the body. A server that answers
+//! `Connection: close` (sockudo does on every API reply) gets a new
+//! connection for the next request.
 
 use std::net::SocketAddr;
 
@@ -37,6 +39,8 @@ pub struct Conn {
     addr: SocketAddr,
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The last reply said `Connection: close`: the next write reconnects.
+    closing: bool,
 }
 
 impl Conn {
@@ -47,6 +51,7 @@ impl Conn {
             addr,
             stream,
             buf: Vec::with_capacity(4096),
+            closing: false,
         })
     }
 
@@ -83,8 +88,15 @@ impl Conn {
         wire.extend_from_slice(request.as_bytes());
     }
 
-    /// Writes requests [`Conn::encode`]d into `wire`.
+    /// Writes requests [`Conn::encode`]d into `wire` (on a new connection
+    /// if the server closed the last one).
     pub async fn write(&mut self, wire: &[u8]) -> Result<()> {
+        if self.closing {
+            self.stream = TcpStream::connect(self.addr).await?;
+            self.stream.set_nodelay(true)?;
+            self.buf.clear();
+            self.closing = false;
+        }
         self.stream.write_all(wire).await?;
         Ok(())
     }
@@ -104,6 +116,10 @@ impl Conn {
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .and_then(|v| v.trim().parse().ok())
                     .context("a reply without content-length")?;
+                self.closing |= head.lines().any(|l| {
+                    l.strip_prefix("connection:")
+                        .is_some_and(|v| v.trim() == "close")
+                });
                 let total = end + 4 + len;
                 while self.buf.len() < total {
                     if self.stream.read_buf(&mut self.buf).await? == 0 {

@@ -6,8 +6,10 @@
 //! sockets, one precomputed frame and one `write()` per client), wsnotify
 //! (plain `/ws`), the axum baseline (baseline_axum.rs) and sockudo (Pusher
 //! protocol, one public channel, signed `POST /apps/{id}/events`; see
-//! `just bench-peers`). Each runs pinned to core `--server-cpu`; the
-//! generator, one single-threaded tokio runtime, to the next core.
+//! `just bench-peers`; it closes the connection after every API answer, so
+//! each of its publishes opens one, and its latency includes that
+//! connect). Each runs pinned to core `--server-cpu`; the generator, one
+//! single-threaded tokio runtime, to the next core.
 //!
 //! For each client count, payload size, reader and repetition, each server
 //! gets a fresh process and:

@@ -18,7 +18,12 @@
 //! A burst spreads its requests over `--publishers` keep-alive connections
 //! (request `r` on connection `r mod P`), each keeping up to `--pipeline`
 //! requests in flight (HTTP/1.1 pipelining, written in batches of half as
-//! many, one write each). A notification's send time is when its request was
+//! many, one write each). sockudo closes the connection after every API
+//! answer, which rules out both keep-alive and pipelining: it gets the
+//! same number of requests in flight as P × `--pipeline` publishers, each
+//! sending one request at a time on a new connection (its send time is
+//! taken before that connection is opened: a backend publishing to
+//! sockudo pays for it too). A notification's send time is when its request was
 //! written, its arrival when its client read it; a client gets exactly one
 //! notification per burst, so no payload is read. **notifications/s** = N ×
 //! bursts ÷ the bursts' time from the first request written to the last
@@ -148,7 +153,7 @@ impl NotifyRun {
     fn label(&self) -> String {
         match self.server {
             Server::Sockudo => format!(
-                "private-user-N, {} channel{} per signed event",
+                "private-user-N, {} channel{} per signed event, a new connection per request",
                 self.batch,
                 if self.batch == 1 { "" } else { "s" }
             ),
@@ -251,8 +256,8 @@ async fn measure(
     let connect_s = (now_ns() - started) as f64 / 1e9;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut conns = Vec::with_capacity(args.publishers.max(1));
-    for _ in 0..args.publishers.max(1) {
+    let mut conns = Vec::new();
+    for _ in 0..publishers(server, args) {
         conns.push(Conn::connect(proc.addr).await?);
     }
     let with_broadcasts = server == Server::Wsnotify;
@@ -334,6 +339,16 @@ async fn measure(
     })
 }
 
+/// The publisher connections of a burst: `--publishers`, or for a server
+/// that closes every connection one per request in flight.
+fn publishers(server: Server, args: &Args) -> usize {
+    if server.keeps_connections() {
+        args.publishers.max(1)
+    } else {
+        args.publishers.max(1) * args.pipeline.max(1)
+    }
+}
+
 /// One burst: a notification to every user, `batch` users per request,
 /// spread over `conns`; each user's send time goes to `sent`. Answers when
 /// the last answer came.
@@ -347,17 +362,15 @@ async fn burst(
     sent: &[Cell<u64>],
 ) -> Result<u64> {
     let (n, publishers) = (sent.len(), conns.len());
+    // Requests per write, and writes waiting for their answers at most.
+    let plan = if server.keeps_connections() {
+        (args.pipeline.max(1).div_ceil(2), 2)
+    } else {
+        (1, 1)
+    };
     let shares = conns.iter_mut().enumerate().map(|(p, conn)| {
         let users = share(p, publishers, n, batch);
-        publish_share(
-            server,
-            conn,
-            users,
-            args.pipeline.max(1),
-            seq,
-            payload,
-            sent,
-        )
+        publish_share(server, conn, users, plan, seq, payload, sent)
     });
     let lasts = try_join_all(shares).await?;
     Ok(lasts.into_iter().max().unwrap_or(0))
@@ -377,28 +390,26 @@ fn share(
         .map(move |r| r * batch..((r + 1) * batch).min(n))
 }
 
-/// One publisher's share of a burst: a request per range of users, in
-/// batches of half of `depth` requests written at once, the next batch
-/// written as soon as the one before the last is answered (so at most
-/// `depth` wait for their answer, and the server always has the next
-/// batch to read); when the last answer came.
+/// One publisher's share of a burst: a request per range of users, `plan.0`
+/// requests per write, and the next write as soon as fewer than `plan.1`
+/// wait for their answers (with two, the server always has the next batch
+/// to read); when the last answer came.
 async fn publish_share(
     server: Server,
     conn: &mut Conn,
     requests: impl Iterator<Item = Range<usize>>,
-    depth: usize,
+    (per_write, writes): (usize, usize),
     seq: u64,
     payload: usize,
     sent: &[Cell<u64>],
 ) -> Result<u64> {
-    let batch = depth.div_ceil(2);
     let mut requests = requests.peekable();
     let mut waiting = std::collections::VecDeque::new();
     let mut wire = Vec::new();
     loop {
-        while waiting.len() < 2 && requests.peek().is_some() {
+        while waiting.len() < writes && requests.peek().is_some() {
             wire.clear();
-            let users: Vec<Range<usize>> = requests.by_ref().take(batch).collect();
+            let users: Vec<Range<usize>> = requests.by_ref().take(per_write).collect();
             for range in &users {
                 let (path, body) = request(server, range.clone(), seq, payload);
                 conn.encode(&mut wire, "POST", &path, Some(&body));

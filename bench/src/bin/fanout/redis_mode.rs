@@ -9,8 +9,11 @@
 //!   `POST /broadcast` to A.
 //! - **sockudo** (when `--servers` names it): two instances with its Redis
 //!   adapter (`ADAPTER_DRIVER=redis`, and `REDIS_URL`, which sockudo gives
-//!   to the adapter's publisher and subscriber), clients on the one public
-//!   channel, signed `POST /apps/{id}/events` to A.
+//!   to the adapter's publisher and subscriber) and its cache on the same
+//!   Redis (`CACHE_DRIVER=redis`: sockudo refuses to start clustered with
+//!   a node-local cache while its Ably compatibility and idempotency are
+//!   on, as they are by default), clients on the one public channel,
+//!   signed `POST /apps/{id}/events` to A.
 //!
 //! Both instances must answer `GET /ready` before the clients connect.
 //! Then, as in the broadcast scenario: `--rounds` single broadcasts, each
@@ -152,7 +155,11 @@ pub async fn runs(args: &Args) -> Result<Vec<RedisRun>> {
 fn on_redis(server: Server, redis: &Redis) -> Vec<(String, String)> {
     let url = ("REDIS_URL".to_owned(), redis.url());
     match server {
-        Server::Sockudo => vec![("ADAPTER_DRIVER".into(), "redis".into()), url],
+        Server::Sockudo => vec![
+            ("ADAPTER_DRIVER".into(), "redis".into()),
+            ("CACHE_DRIVER".into(), "redis".into()),
+            url,
+        ],
         _ => vec![url],
     }
 }

@@ -73,6 +73,14 @@ impl Server {
         Ok(proc)
     }
 
+    /// Whether its HTTP API keeps connections open. sockudo answers every
+    /// API request with `Connection: close` (its router's "prevent idle
+    /// HTTP connection buildup" layer), so each of its publishes opens a
+    /// connection, and requests cannot be pipelined.
+    pub fn keeps_connections(self) -> bool {
+        self != Server::Sockudo
+    }
+
     /// Publishes `message` to every client; the server's answer.
     pub async fn publish(self, conn: &mut Conn, message: &str) -> Result<Reply> {
         let reply = match self {
