@@ -148,7 +148,11 @@ async fn accept(
 ) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // A publisher that pipelines its requests gets their answers in one
+        // write instead of one send(2) each: those sends were 28 % of a
+        // per-user notification burst's samples (docs/BENCHMARKS.md §1).
+        .pipeline_flush(true);
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
