@@ -9,6 +9,8 @@
 //!   into WebSocket frames by their headers alone;
 //! - [`procs`]: the processes under test (wsnotify, redis-server), pinned
 //!   to a core, with their RSS and CPU time read from `/proc`;
+//! - [`provenance`]: the work tree's commit and the binaries' build times
+//!   that head every report;
 //! - [`ws`]: a minimal WebSocket client (hand-written handshake,
 //!   fastwebsockets frames);
 //! - [`http`]: a minimal keep-alive HTTP/1.1 client (publishers, polls,
@@ -25,6 +27,7 @@ pub mod clock;
 pub mod frames;
 pub mod http;
 pub mod procs;
+pub mod provenance;
 pub mod pusher;
 pub mod redis_cluster;
 pub mod scan;

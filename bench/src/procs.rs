@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::http::Conn;
+
 /// Settings every benchmarked wsnotify gets, whatever the scenario: no
 /// periodic notification, no heartbeat and no idle timeout (the generator's
 /// clients never answer pings, and a heartbeat in the middle of a
@@ -379,6 +381,22 @@ impl Proc {
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         self.reaped = Some((status, secs(usage.ru_utime) + secs(usage.ru_stime)));
         Some(status)
+    }
+
+    /// Waits until `GET /ready` answers 200 (wsnotify: its Redis link is
+    /// up; sockudo: it accepts traffic), 10 s at most.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut conn) = Conn::connect(self.addr).await
+                && let Ok(reply) = conn.request("GET", "/ready", None).await
+                && reply.status == 200
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("{} on {} never became ready", self.name, self.addr)
     }
 
     /// Waits until the process accepts connections (10 s at most).

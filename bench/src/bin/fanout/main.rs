@@ -63,6 +63,7 @@ use tokio::task::LocalSet;
 use wsnotify_bench::clock::{now_ns, stamped};
 use wsnotify_bench::http::Conn;
 use wsnotify_bench::procs::{self, CpuMark, Proc};
+use wsnotify_bench::provenance;
 use wsnotify_bench::scan;
 use wsnotify_bench::stats::percentiles_ms;
 
@@ -503,24 +504,8 @@ fn stop_attached(mut child: Child) -> Result<String> {
 /// The command line, the commit, the binaries' build times, the machine's
 /// load at the start.
 fn provenance(args: &Args) -> String {
-    let git = |a: &[&str]| {
-        Command::new("git")
-            .args(a)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
-    let commit = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = git(&["status", "--porcelain", "--", "src"]);
     let built = |bin: &str| {
-        std::fs::metadata(bin)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or("missing".into(), |d| {
-                format!("built {} (Unix s)", d.as_secs())
-            })
+        provenance::built_unix_s(bin).map_or("missing".into(), |s| format!("built {s} (Unix s)"))
     };
     let bins: Vec<String> = args
         .servers
@@ -537,13 +522,9 @@ fn provenance(args: &Args) -> String {
         .collect();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     format!(
-        "`fanout {}` — commit {commit}{}; {}; load average {}",
+        "`fanout {}` — commit {}; {}; load average {}",
         argv.join(" "),
-        if dirty.is_empty() {
-            ""
-        } else {
-            " with uncommitted changes in src/"
-        },
+        provenance::commit(),
         bins.join("; "),
         procs::loadavg()
     )

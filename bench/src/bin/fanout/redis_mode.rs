@@ -27,12 +27,12 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use wsnotify_bench::clock::{now_ns, stamped};
 use wsnotify_bench::http::Conn;
-use wsnotify_bench::procs::{self, CpuMark, CpuUse, Proc, Redis};
+use wsnotify_bench::procs::{self, CpuMark, CpuUse, Redis};
 use wsnotify_bench::stats::{median, percentiles_ms};
 
 use crate::clients::{self, Reader, Tally};
@@ -176,8 +176,8 @@ async fn measure(
     let envs = on_redis(server, redis);
     let a = server.start_with(args, &envs).await?;
     let b = server.start_with(args, &envs).await?;
-    wait_ready(&a).await?;
-    wait_ready(&b).await?;
+    a.wait_ready().await?;
+    b.wait_ready().await?;
     let tally = Rc::new(Tally::new(n, false));
     let started = now_ns();
     clients::connect_all(
@@ -261,22 +261,6 @@ async fn measure(
         rounds_cpu,
         burst_cpu,
     })
-}
-
-/// Waits until `GET /ready` answers 200 (wsnotify: its Redis link is up;
-/// sockudo: it accepts traffic).
-async fn wait_ready(server: &Proc) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(mut conn) = Conn::connect(server.addr).await
-            && let Ok(reply) = conn.request("GET", "/ready", None).await
-            && reply.status == 200
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{} on {} never became ready", server.name(), server.addr)
 }
 
 /// Prints every run, then the medians with their ratios.

@@ -50,7 +50,6 @@ use wsnotify_bench::scan;
 use wsnotify_bench::stats::{median, percentiles_ms, ratio};
 use wsnotify_bench::ws;
 
-use crate::fanout::wait_ready;
 use crate::shared::{Common, connect_many, wait_for};
 
 #[derive(clap::Args)]
@@ -264,7 +263,7 @@ async fn run_one(
         servers.push(common.server(&format!("W{}", k + 1), &envs).await?);
     }
     for server in &servers {
-        wait_ready(server).await?;
+        server.wait_ready().await?;
     }
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
 

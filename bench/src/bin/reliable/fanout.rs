@@ -31,7 +31,7 @@ use anyhow::{Result, bail};
 use fastwebsockets::OpCode;
 use wsnotify_bench::clock::{now_ns, stamped};
 use wsnotify_bench::http::Conn;
-use wsnotify_bench::procs::{CpuMark, EventCounter, Proc, Redis};
+use wsnotify_bench::procs::{CpuMark, EventCounter, Redis};
 use wsnotify_bench::scan;
 use wsnotify_bench::stats::{median, percentiles_ms};
 use wsnotify_bench::ws;
@@ -228,7 +228,7 @@ async fn run_one(
     let server = common.server("wsnotify", &envs).await?;
     if redis.is_some() {
         // The subscriber connects in the background: wait for /ready.
-        wait_ready(&server).await?;
+        server.wait_ready().await?;
     }
     let tally = Arc::new(Tally::default());
     let mut report = Report::default();
@@ -343,21 +343,6 @@ async fn burst(
         done??;
     }
     Ok(each * publishers)
-}
-
-/// Waits until `GET /ready` answers 200 (the Redis link is up).
-pub async fn wait_ready(server: &Proc) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(mut conn) = Conn::connect(server.addr).await
-            && let Ok(reply) = conn.request("GET", "/ready", None).await
-            && reply.status == 200
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{} never became ready", server.name())
 }
 
 /// Connects client `i` and reads its opening: the greeting (plain), or

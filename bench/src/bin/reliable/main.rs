@@ -22,6 +22,7 @@
 //! "Reliable delivery: history, resume, polling".
 
 mod cluster;
+mod drain;
 mod fanout;
 mod memory;
 mod poll;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::task::JoinSet;
 use wsnotify_bench::procs::{Proc, Redis, pin_thread};
+use wsnotify_bench::provenance;
 
 /// Options of every scenario.
 #[derive(clap::Args, Clone)]
@@ -40,6 +41,25 @@ impl Common {
         let out = runtime.block_on(job);
         drop(runtime);
         Ok(out)
+    }
+
+    /// Runs `job` on a thread of its own, on a fresh single-threaded
+    /// runtime pinned to the generator's core: for work whose clock must
+    /// not wait on the generator's runtime (a publisher, a sampler).
+    pub fn generator_thread<T, F, Fut>(&self, job: F) -> std::thread::JoinHandle<Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>>,
+    {
+        let cpu = self.generator_cpu();
+        std::thread::spawn(move || {
+            pin_thread(cpu);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(job())
+        })
     }
 
     /// A wsnotify named `name` with `envs` (pinned, quiet; see
@@ -122,30 +142,13 @@ pub fn cell(v: f64, digits: usize) -> String {
 /// (the server binary's, if it was built there), the binary's build time,
 /// the load average at the start.
 pub fn provenance(common: &Common) -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
-    let commit = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = git(&["status", "--porcelain", "--", "src"]);
-    let built = std::fs::metadata(&common.wsnotify_bin)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or("?".into(), |d| format!("{} (Unix s)", d.as_secs()));
+    let built = provenance::built_unix_s(&common.wsnotify_bin)
+        .map_or("?".into(), |s| format!("{s} (Unix s)"));
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!(
-        "`reliable {}` — work tree at commit {commit}{}, {} built at {built}, load average at the start {}",
+        "`reliable {}` — work tree at commit {}, {} built at {built}, load average at the start {}",
         args.join(" "),
-        if dirty.is_empty() {
-            ""
-        } else {
-            " with uncommitted changes in src/"
-        },
+        provenance::commit(),
         common.wsnotify_bin,
         wsnotify_bench::procs::loadavg()
     )

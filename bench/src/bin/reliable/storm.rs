@@ -41,7 +41,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,14 +50,15 @@ use fastwebsockets::OpCode;
 use tokio::sync::Semaphore;
 use wsnotify_bench::clock::now_ns;
 use wsnotify_bench::http::Conn;
-use wsnotify_bench::procs::{pin_thread, run_time_s, tcp_counters};
-use wsnotify_bench::scan::{self, Position, since_query};
+use wsnotify_bench::procs::{run_time_s, tcp_counters};
+use wsnotify_bench::scan::since_query;
 use wsnotify_bench::stats::{median, percentiles_ms, ratio};
 use wsnotify_bench::ws;
 
-use crate::fanout::wait_ready;
-use crate::resume::{Heads, Plan, TCP, Via, spawn_publisher};
-use crate::shared::{Common, cell, wait_for};
+use crate::drain::{
+    Drained, Instances, Order, Plan, Publisher, Streams, TCP, Tally, Via, repetitions, tcp_since,
+};
+use crate::shared::{Common, cell};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -105,10 +106,6 @@ pub struct Args {
     reconnect_concurrency: usize,
 }
 
-/// Stream slots of a client.
-const USER: usize = 0;
-const BROADCAST: usize = 1;
-
 /// When one reconnect to B reached each step, generator clock (ns).
 #[derive(Debug, Clone, Copy)]
 struct Timing {
@@ -120,41 +117,25 @@ struct Timing {
 
 /// What the clients of one run record.
 struct Shared {
-    offsets: Vec<[AtomicU64; 2]>,
-    ready: AtomicUsize,
-    resumed: AtomicUsize,
-    gaps: AtomicU64,
-    duplicates: AtomicU64,
-    replayed: AtomicU64,
-    lost: Mutex<BTreeMap<String, u64>>,
+    /// Offsets, gaps, duplicates, replays, losses ([`Order::Dedup`]: a
+    /// client drops what it already has, as wsnotify.js does).
+    tally: Tally,
     timings: Mutex<Vec<Timing>>,
     hints_ms: Mutex<Vec<u64>>,
-    closed_without_notice: AtomicU64,
     /// A closed the connection before the client's hint had passed.
     closed_before_hint: AtomicU64,
     /// Failed attempts to reach B (each retried after 500 ms).
     connect_errors: AtomicU64,
-    failures: AtomicU64,
 }
 
 impl Shared {
     fn new(n: usize) -> Shared {
         Shared {
-            offsets: (0..n)
-                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
-                .collect(),
-            ready: AtomicUsize::new(0),
-            resumed: AtomicUsize::new(0),
-            gaps: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            replayed: AtomicU64::new(0),
-            lost: Mutex::new(BTreeMap::new()),
+            tally: Tally::new(n, Order::Dedup),
             timings: Mutex::new(Vec::new()),
             hints_ms: Mutex::new(Vec::new()),
-            closed_without_notice: AtomicU64::new(0),
             closed_before_hint: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
         }
     }
 }
@@ -212,55 +193,35 @@ pub fn run(common: &Common, args: &Args) -> Result<()> {
             args.shutdown_timeout
         );
     }
-    let mut reports = Vec::new();
-    common.on_generator(async {
-        let redis = common.redis().await?;
-        for rep in 0..args.repeat {
-            for &spread in &args.spreads {
-                redis.flush().await?;
-                eprintln!(
-                    "== storm, DRAIN_RECONNECT_SPREAD={spread}, {} clients, repetition {}",
-                    args.clients,
-                    rep + 1
-                );
-                let report = run_one(common, args, &redis.url(), spread).await?;
-                eprintln!("   {report:?}");
-                reports.push(report);
-            }
-        }
-        anyhow::Ok(())
-    })??;
+    let runs = repetitions(
+        common,
+        args.repeat,
+        &args.spreads,
+        |spread, rep| {
+            format!(
+                "storm, DRAIN_RECONNECT_SPREAD={spread}, {} clients, repetition {rep}",
+                args.clients
+            )
+        },
+        async |redis, spread| run_one(common, args, &redis.url(), spread).await,
+    )?;
+    let reports: Vec<Report> = runs.into_iter().map(|(_, report)| report).collect();
     print_results(args, &reports);
     Ok(())
 }
 
 async fn run_one(common: &Common, args: &Args, redis_url: &str, spread: f64) -> Result<Report> {
-    let envs = |extra: &[(&'static str, String)]| {
-        let mut all: Vec<(&str, String)> = vec![
-            ("REDIS_URL", redis_url.to_owned()),
-            ("HISTORY_SIZE", args.history.to_string()),
-        ];
-        all.extend(extra.iter().cloned());
-        all
-    };
-    let b = common.server("B", &envs(&[])).await?;
-    let mut a = common
-        .server(
-            "A",
-            &envs(&[
-                ("SHUTDOWN_TIMEOUT", args.shutdown_timeout.to_string()),
-                ("DRAIN_RECONNECT_SPREAD", spread.to_string()),
-            ]),
-        )
-        .await?;
-    let c = match args.publish_via {
-        Via::B => None,
-        Via::C => Some(common.server("C", &envs(&[])).await?),
-    };
-    for server in [Some(&a), Some(&b), c.as_ref()].into_iter().flatten() {
-        wait_ready(server).await?;
-    }
-    let publish_to = c.as_ref().map_or(b.addr, |c| c.addr);
+    let servers = Instances::start(
+        common,
+        redis_url,
+        args.history,
+        args.shutdown_timeout,
+        spread,
+        args.publish_via,
+    )
+    .await?;
+    let publish_to = servers.publish_to();
+    let Instances { a, b, c } = servers;
 
     let n = args.clients;
     let shared = Arc::new(Shared::new(n));
@@ -279,86 +240,56 @@ async fn run_one(common: &Common, args: &Args, redis_url: &str, spread: f64) -> 
             ))
         })
         .collect();
-    let connected = wait_for(Duration::from_secs(60), || {
-        shared.ready.load(Ordering::Relaxed) + shared.failures.load(Ordering::Relaxed) as usize >= n
-    })
-    .await;
-    if !connected || shared.failures.load(Ordering::Relaxed) > 0 {
-        bail!(
-            "only {} of {n} clients connected to A",
-            shared.ready.load(Ordering::Relaxed)
-        );
-    }
-    eprintln!("   {n} clients on A");
+    shared.tally.all_on_a(n).await?;
 
-    let heads = Arc::new(Mutex::new(Heads::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     let plan = Plan {
         rate: args.rate,
         broadcast_rate: args.broadcast_rate,
         users: n,
         payload: args.payload,
     };
-    let publisher = spawn_publisher(common, plan, publish_to, heads.clone(), stop.clone());
-    let sampler = spawn_sampler(common, b.addr, b.pid(), args.bucket_ms, stop.clone());
+    let publisher = Publisher::spawn(common, plan, publish_to);
+    let sampler = spawn_sampler(
+        common,
+        b.addr,
+        b.pid(),
+        args.bucket_ms,
+        publisher.stop.clone(),
+    );
     tokio::time::sleep(Duration::from_secs_f64(args.warmup_secs)).await;
 
     let tcp_before = tcp_counters(TCP);
-    let sigterm_ns = now_ns();
-    let sigterm = Instant::now();
-    a.terminate();
-    let mut a_exit = None;
+    let mut drained = Drained::start(a);
     let limit = Instant::now() + Duration::from_secs(args.shutdown_timeout + 30);
-    while shared.resumed.load(Ordering::Relaxed)
-        + (shared.failures.load(Ordering::Relaxed) as usize)
-        < n
-        && Instant::now() < limit
-    {
-        if a_exit.is_none() && a.exited().is_some() {
-            a_exit = Some(sigterm.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let all_resumed = sigterm.elapsed();
-    let tcp_after = tcp_counters(TCP);
+    let tally = &shared.tally;
+    drained
+        .watch(limit, Duration::from_millis(1), || {
+            tally.resumed.load(Ordering::Relaxed)
+                + (tally.failures.load(Ordering::Relaxed) as usize)
+                >= n
+        })
+        .await;
+    let all_resumed = drained.sigterm.elapsed();
+    let tcp = tcp_since(&tcp_before);
     let after = Instant::now() + Duration::from_secs_f64(args.after_secs);
-    while Instant::now() < after {
-        if a_exit.is_none() && a.exited().is_some() {
-            a_exit = Some(sigterm.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    publisher
-        .join()
-        .map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
+    drained
+        .watch(after, Duration::from_millis(5), || false)
+        .await;
+    // Stops the sampler too.
+    let heads = publisher.finish()?;
     let samples = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("the sampler panicked"))??;
 
     // Every client must reach the heads the publishes got.
-    let heads = std::mem::take(&mut *heads.lock().unwrap());
-    let complete = |shared: &Shared| -> usize {
-        (0..n)
-            .filter(|&i| {
-                let o = &shared.offsets[i];
-                o[BROADCAST].load(Ordering::Relaxed) >= heads.broadcast
-                    && o[USER].load(Ordering::Relaxed) >= heads.users.get(&i).copied().unwrap_or(0)
-            })
-            .count()
-    };
-    wait_for(Duration::from_secs(15), || complete(&shared) == n).await;
+    let complete = tally.complete(&heads).await;
 
     let mut report = Report {
         spread,
         all_resumed_s: all_resumed.as_secs_f64(),
-        tcp: tcp_after
-            .iter()
-            .zip(&tcp_before)
-            .map(|(a, b)| a - b)
-            .collect(),
-        complete: complete(&shared),
-        a_exit_s: a_exit.map_or(f64::NAN, |d| d.as_secs_f64()),
+        tcp,
+        complete,
+        a_exit_s: drained.exit_s(),
         published: heads.published,
         publish_failed: heads.failed,
         ..Report::default()
@@ -366,7 +297,7 @@ async fn run_one(common: &Common, args: &Args, redis_url: &str, spread: f64) -> 
     figures(
         &mut report,
         &shared,
-        sigterm_ns,
+        drained.sigterm_ns,
         all_resumed,
         &samples,
         args,
@@ -374,7 +305,7 @@ async fn run_one(common: &Common, args: &Args, redis_url: &str, spread: f64) -> 
     for client in clients {
         client.abort();
     }
-    drop((a, b, c));
+    drop((drained, b, c));
     Ok(report)
 }
 
@@ -443,14 +374,15 @@ fn figures(
         let mean = hints.iter().sum::<u64>() as f64 / hints.len() as f64;
         report.hints = (hints.len(), min, max, mean);
     }
-    report.replayed = shared.replayed.load(Ordering::Relaxed);
-    report.gaps = shared.gaps.load(Ordering::Relaxed);
-    report.duplicates = shared.duplicates.load(Ordering::Relaxed);
-    report.lost = shared.lost.lock().unwrap().clone();
-    report.closed_without_notice = shared.closed_without_notice.load(Ordering::Relaxed);
+    let tally = &shared.tally;
+    report.replayed = tally.replayed.load(Ordering::Relaxed);
+    report.gaps = tally.gaps.load(Ordering::Relaxed);
+    report.duplicates = tally.duplicates.load(Ordering::Relaxed);
+    report.lost = tally.lost.lock().unwrap().clone();
+    report.closed_without_notice = tally.closed_without_notice.load(Ordering::Relaxed);
     report.closed_before_hint = shared.closed_before_hint.load(Ordering::Relaxed);
     report.connect_errors = shared.connect_errors.load(Ordering::Relaxed);
-    report.failures = shared.failures.load(Ordering::Relaxed);
+    report.failures = tally.failures.load(Ordering::Relaxed);
 }
 
 /// Samples B's `/metrics` and CPU time every `period_ms` on a thread and
@@ -463,35 +395,28 @@ fn spawn_sampler(
     period_ms: u64,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Result<Vec<Sample>>> {
-    let cpu = common.generator_cpu();
-    std::thread::spawn(move || {
-        pin_thread(cpu);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let mut conn = Conn::connect(addr).await?;
-            let mut ticker = tokio::time::interval(Duration::from_millis(period_ms));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut samples = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                ticker.tick().await;
-                let values = conn
-                    .metrics(&[
-                        "wsnotify_connections_opened_total",
-                        "wsnotify_active_connections",
-                    ])
-                    .await
-                    .context("B's /metrics")?;
-                samples.push(Sample {
-                    at: now_ns(),
-                    opened: values[0],
-                    active: values[1],
-                    cpu_s: run_time_s(pid),
-                });
-            }
-            anyhow::Ok(samples)
-        })
+    common.generator_thread(move || async move {
+        let mut conn = Conn::connect(addr).await?;
+        let mut ticker = tokio::time::interval(Duration::from_millis(period_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            ticker.tick().await;
+            let values = conn
+                .metrics(&[
+                    "wsnotify_connections_opened_total",
+                    "wsnotify_active_connections",
+                ])
+                .await
+                .context("B's /metrics")?;
+            samples.push(Sample {
+                at: now_ns(),
+                opened: values[0],
+                active: values[1],
+                cpu_s: run_time_s(pid),
+            });
+        }
+        anyhow::Ok(samples)
     })
 }
 
@@ -503,10 +428,8 @@ async fn client(
     permits: Arc<Semaphore>,
     reconnect_permits: Option<Arc<Semaphore>>,
 ) {
-    if let Err(err) = client_life(i, a, b, &shared, &permits, reconnect_permits.as_deref()).await
-        && shared.failures.fetch_add(1, Ordering::Relaxed) < 5
-    {
-        eprintln!("   client {i}: {err:#}");
+    if let Err(err) = client_life(i, a, b, &shared, &permits, reconnect_permits.as_deref()).await {
+        shared.tally.failed(i, err);
     }
 }
 
@@ -519,42 +442,11 @@ async fn client_life(
     permits: &Semaphore,
     reconnect_permits: Option<&Semaphore>,
 ) -> Result<()> {
-    let user = format!("u{i}");
-    let path = format!("/ws/notifications?user={user}");
-    let position = |stream: String| Position {
-        stream,
-        epoch: String::new(),
-        offset: 0,
-    };
-    let mut at = [
-        position(format!("user:{user}")),
-        position("broadcast".into()),
-    ];
-    let mut on_a = {
-        let _permit = permits.acquire().await?;
-        ws::connect(a, &path).await?
-    };
-    opening(&mut on_a, &mut at, i, shared).await?;
-    shared.ready.fetch_add(1, Ordering::Relaxed);
+    let mut streams = Streams::new(i, &shared.tally);
+    let mut on_a = streams.join_a(a, permits).await?;
 
     // On A until the drain notice or the end of the connection.
-    let mut hint = None;
-    let mut noticed = false;
-    while let Ok(frame) = ws::read_frame(&mut on_a.reader).await {
-        match frame.opcode {
-            OpCode::Text if scan::is_type(&frame.payload, b"system.shutdown") => {
-                hint = scan::u64_field(&frame.payload, b"reconnect_after_ms");
-                noticed = true;
-                break;
-            }
-            OpCode::Text => delivered(&frame.payload, &mut at, i, shared),
-            OpCode::Close => break,
-            _ => {}
-        }
-    }
-    if !noticed {
-        shared.closed_without_notice.fetch_add(1, Ordering::Relaxed);
-    }
+    let hint = streams.until_notice(&mut on_a).await;
     let mut keep_a = None;
     match hint {
         // wsnotify.js: stay, then swap to a new connection.
@@ -566,7 +458,7 @@ async fn client_life(
                     _ = tokio::time::sleep_until(until) => break,
                     frame = ws::read_frame(&mut on_a.reader) => match frame {
                         Ok(frame) if frame.opcode == OpCode::Text => {
-                            delivered(&frame.payload, &mut at, i, shared)
+                            streams.delivered(&frame.payload)
                         }
                         Ok(frame) if frame.opcode != OpCode::Close => {}
                         _ => {
@@ -581,7 +473,7 @@ async fn client_life(
         None => drop(on_a),
     }
 
-    let path = format!("{path}&since={}", since_query(&at));
+    let path = format!("{}&since={}", streams.path(), since_query(&streams.at));
     let permit = match reconnect_permits {
         Some(permits) => Some(permits.acquire().await?),
         None => None,
@@ -602,7 +494,7 @@ async fn client_life(
         }
     };
     let upgraded = now_ns();
-    let first_frame = opening(&mut on_b, &mut at, i, shared).await?;
+    let first_frame = streams.opening(&mut on_b, true).await?;
     let resumed = now_ns();
     drop(permit);
     drop(keep_a);
@@ -612,95 +504,8 @@ async fn client_life(
         first_frame,
         resumed,
     });
-    shared.resumed.fetch_add(1, Ordering::Relaxed);
-    while let Ok(frame) = ws::read_frame(&mut on_b.reader).await {
-        match frame.opcode {
-            OpCode::Text => delivered(&frame.payload, &mut at, i, shared),
-            OpCode::Close => bail!("B closed the connection"),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Reads frames until both `stream.position` frames came (a replay may
-/// come between them) and takes what they say; answers when the first
-/// frame arrived.
-async fn opening(
-    client: &mut ws::Client,
-    at: &mut [Position; 2],
-    i: usize,
-    shared: &Shared,
-) -> Result<u64> {
-    let mut seen = [false; 2];
-    let mut first = None;
-    while !(seen[USER] && seen[BROADCAST]) {
-        let frame = ws::read_frame(&mut client.reader).await?;
-        first.get_or_insert_with(now_ns);
-        match frame.opcode {
-            OpCode::Text => {}
-            OpCode::Close => bail!("closed before its positions"),
-            _ => continue,
-        }
-        let text = &frame.payload[..];
-        if !scan::is_type(text, b"stream.position") {
-            delivered(text, at, i, shared);
-            continue;
-        }
-        let slot = if scan::str_field(text, b"stream") == Some(b"broadcast") {
-            BROADCAST
-        } else {
-            USER
-        };
-        seen[slot] = true;
-        let head = scan::last_u64_field(text, b"offset").context("a position's offset")?;
-        let epoch = String::from_utf8_lossy(scan::str_field(text, b"epoch").unwrap_or_default());
-        let position = &mut at[slot];
-        if scan::find(text, b"\"recovered\":true").is_some() {
-            // The messages after our position follow.
-            shared
-                .replayed
-                .fetch_add(head.saturating_sub(position.offset), Ordering::Relaxed);
-            continue;
-        }
-        if scan::find(text, b"\"recovered\":").is_some() {
-            let reason = scan::str_field(text, b"reason").unwrap_or(b"?");
-            *shared
-                .lost
-                .lock()
-                .unwrap()
-                .entry(String::from_utf8_lossy(reason).into_owned())
-                .or_default() += 1;
-        }
-        position.epoch = epoch.into_owned();
-        position.offset = head;
-        shared.offsets[i][slot].store(head, Ordering::Relaxed);
-    }
-    Ok(first.unwrap_or_else(now_ns))
-}
-
-/// A delivery of one of the client's streams: an offset at or below the
-/// last one is a duplicate (dropped, as wsnotify.js does), one past the
-/// next a gap.
-fn delivered(text: &[u8], at: &mut [Position; 2], i: usize, shared: &Shared) {
-    let slot = match scan::str_field(text, b"stream") {
-        Some(b"broadcast") => BROADCAST,
-        Some(_) => USER,
-        None => return,
-    };
-    let Some(offset) = scan::last_u64_field(text, b"offset") else {
-        return;
-    };
-    let position = &mut at[slot];
-    if offset <= position.offset {
-        shared.duplicates.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    if offset != position.offset + 1 {
-        shared.gaps.fetch_add(1, Ordering::Relaxed);
-    }
-    position.offset = offset;
-    shared.offsets[i][slot].store(offset, Ordering::Relaxed);
+    shared.tally.resumed.fetch_add(1, Ordering::Relaxed);
+    streams.follow_b(&mut on_b).await
 }
 
 fn print_results(args: &Args, reports: &[Report]) {
@@ -726,7 +531,6 @@ fn print_results(args: &Args, reports: &[Report]) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in reports {
-        let lost: Vec<String> = r.lost.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let tcp: Vec<String> = r.tcp.iter().map(|v| format!("+{v}")).collect();
         println!(
             "| {} | {} | {:.0} | **{:.0}** | {:.0} | **{:.0} / {:.0} / {:.0}** | {:.0} / {:.0} | {:.0} / {:.0} | {} | {:.0} % / {:.2} | {:.0} | {} | {} | {} | {} | {} | {} / {} | {} | {} ({}) |",
@@ -760,11 +564,7 @@ fn print_results(args: &Args, reports: &[Report]) {
             r.replayed,
             r.gaps,
             r.duplicates,
-            if lost.is_empty() {
-                "0".into()
-            } else {
-                lost.join(", ")
-            },
+            Tally::lost_cell(&r.lost),
             r.complete,
             args.clients,
             cell(r.a_exit_s, 2),
