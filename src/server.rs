@@ -148,11 +148,12 @@ async fn accept(
 ) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        // A publisher that pipelines its requests gets their answers in one
-        // write instead of one send(2) each: those sends were 28 % of a
-        // per-user notification burst's samples (docs/BENCHMARKS.md §1).
-        .pipeline_flush(true);
+        // Not `pipeline_flush(true)`, though it answers pipelined requests in
+        // one write (+25-35 % per-user notifications/s, docs/BENCHMARKS.md
+        // §1): hyper 1.12 then skips the flush while unread bytes remain, so
+        // the 400 for a garbled request (or an answer sent before a body was
+        // read) never leaves before the close.
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
