@@ -78,22 +78,47 @@ impl Flusher {
 }
 
 /// One flusher task: writes the outboxes of `backlog` as they are enlisted.
-pub async fn run(backlog: Arc<Backlog>, metrics: Arc<Metrics>) {
-    let mut batch: Vec<Arc<Outbox>> = Vec::new();
+/// However it ends (its runtime shutting down drops it), the backlog is
+/// abandoned: what it lists goes back to the sessions, and later pushes wake
+/// them directly.
+pub fn run(backlog: Arc<Backlog>, metrics: Arc<Metrics>) -> impl Future<Output = ()> {
+    // Built before the first poll, so a task dropped unpolled abandons too.
+    let task = Abandon {
+        backlog,
+        batch: Vec::new(),
+    };
+    serve(task, metrics)
+}
+
+async fn serve(mut task: Abandon, metrics: Arc<Metrics>) {
     loop {
-        backlog.take(&mut batch);
-        if batch.is_empty() {
-            backlog.enlisted().await;
+        task.backlog.take(&mut task.batch);
+        if task.batch.is_empty() {
+            task.backlog.enlisted().await;
             continue;
         }
         let mut written = 0;
-        for (i, outbox) in batch.drain(..).enumerate() {
-            written += outbox.write_through();
+        for i in 0..task.batch.len() {
+            written += task.batch[i].write_through();
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 metrics.delivered(std::mem::take(&mut written));
                 tokio::task::yield_now().await;
             }
         }
         metrics.delivered(written);
+        task.batch.clear();
+    }
+}
+
+/// A task's backlog and the batch it took from it; dropped (the task
+/// ends), it abandons both.
+struct Abandon {
+    backlog: Arc<Backlog>,
+    batch: Vec<Arc<Outbox>>,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.backlog.abandon(std::mem::take(&mut self.batch));
     }
 }

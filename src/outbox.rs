@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes};
@@ -76,9 +76,10 @@ pub enum Push {
 /// The queue of a single connection.
 #[derive(Debug)]
 pub struct Outbox {
-    /// Frames waiting to be written. Held only for a push or a swap, never
-    /// across an await, so publishers and the session contend for
-    /// nanoseconds. Starts empty: an idle connection allocates no slots.
+    /// Frames waiting to be written. Held only for a push, a swap or one
+    /// non-blocking write by the flusher, never across an await, so
+    /// publishers and the session contend for nanoseconds to microseconds.
+    /// Starts empty: an idle connection allocates no slots.
     state: Mutex<State>,
     /// Wakes the session when the queue goes from empty to non-empty. A
     /// `Notify` keeps one permit, so a push before the session waits is not lost.
@@ -123,22 +124,61 @@ struct Direct {
 
 /// Outboxes waiting for a [`Flusher`](crate::flusher::Flusher) task to
 /// write them through: one per task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Backlog {
     outboxes: Mutex<Vec<Arc<Outbox>>>,
     wake: Notify,
+    /// Cleared if its task ends (its runtime shut down under a hub that
+    /// lives on): then pushes wake their sessions instead, as without a
+    /// flusher, rather than queue on a list nobody reads.
+    served: AtomicBool,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Backlog {
+            outboxes: Mutex::default(),
+            wake: Notify::new(),
+            served: AtomicBool::new(true),
+        }
+    }
 }
 
 impl Backlog {
-    /// Adds `outbox`; called under its lock, once per idle period.
-    fn enlist(&self, outbox: Arc<Outbox>) {
+    /// Adds `outbox`; called under its lock, once per idle period. `false`
+    /// if no task serves this backlog any more.
+    fn enlist(&self, outbox: Arc<Outbox>) -> bool {
         let mut outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.served.load(Ordering::Acquire) {
+            return false;
+        }
         let first = outboxes.is_empty();
         outboxes.push(outbox);
         drop(outboxes);
         if first {
             // Stored as a permit if the task is busy: it looks again.
             self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Marks the backlog unserved (its task is ending) and hands what it
+    /// still lists, and `taken` (what the task took but may not have
+    /// written), back to the sessions.
+    pub fn abandon(&self, taken: Vec<Arc<Outbox>>) {
+        let mut listed = {
+            let mut outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+            self.served.store(false, Ordering::Release);
+            std::mem::take(&mut *outboxes)
+        };
+        listed.extend(taken);
+        for outbox in listed {
+            outbox
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .listed = false;
+            outbox.ready.notify_one();
         }
     }
 
@@ -253,16 +293,20 @@ impl Outbox {
             self.ready.notify_one();
         } else if !std::mem::replace(&mut state.listed, true)
             && let Some(direct) = &state.direct
+            && !direct.backlog.enlist(self.clone())
         {
-            direct.backlog.enlist(self.clone());
+            state.listed = false;
+            drop(state);
+            self.ready.notify_one();
         }
         Push::Queued
     }
 
     /// The flusher's turn: unless the session holds the socket, writes what
-    /// is queued with non-blocking `writev`s until the queue is empty or the
-    /// socket is full; what is left is the session's, and it is woken.
-    /// Returns the frames written whole.
+    /// is queued with one non-blocking write (so the lock is held for one
+    /// syscall at most, and pushes to this connection wait no longer than
+    /// that); what is left is the session's, and it is woken. Returns the
+    /// frames written whole.
     pub fn write_through(&self) -> usize {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.listed = false;
@@ -272,35 +316,29 @@ impl Outbox {
         let Some(socket) = state.direct.as_ref().map(|d| d.socket.clone()) else {
             return 0;
         };
-        let mut frames = 0;
-        while !state.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n = 0;
-            for (item, slice) in state.queue.iter().zip(slices.iter_mut()) {
-                let Item::Frame(frame) = item else { break };
-                *slice = IoSlice::new(frame);
-                n += 1;
-            }
-            if n == 0 {
-                break;
-            }
-            // One frame, the common case of a quiet connection: `write(2)`,
-            // which skips `writev`'s iovec import (5 % of a single
-            // broadcast's samples).
-            let written = match n {
-                1 => socket.try_write(&slices[0]),
-                _ => socket.try_write_vectored(&slices[..n]),
-            };
-            let Ok(written) = written else {
-                // Full (WouldBlock) or failed: the session waits, or finds out.
-                break;
-            };
-            if written == 0 {
-                break;
-            }
-            state.bytes -= written;
-            frames += advance(&mut state, written);
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut n = 0;
+        for (item, slice) in state.queue.iter().zip(slices.iter_mut()) {
+            let Item::Frame(frame) = item else { break };
+            *slice = IoSlice::new(frame);
+            n += 1;
         }
+        // One frame, the common case of a quiet connection: `write(2)`,
+        // which skips `writev`'s iovec import (5 % of a single broadcast's
+        // samples).
+        let written = match n {
+            0 => Ok(0),
+            1 => socket.try_write(&slices[0]),
+            _ => socket.try_write_vectored(&slices[..n]),
+        };
+        // Full (WouldBlock) or failed: the session waits, or finds out.
+        let frames = match written {
+            Ok(written) if written > 0 => {
+                state.bytes -= written;
+                advance(&mut state, written)
+            }
+            _ => 0,
+        };
         if !state.queue.is_empty() {
             drop(state);
             self.ready.notify_one();
@@ -317,6 +355,8 @@ impl Outbox {
     /// claims the socket for the session (see [`Outbox::release`]).
     pub fn drain_into(&self, out: &mut VecDeque<Item>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the flusher begins frames, and only while nobody holds the claim.
+        debug_assert!(!(state.front_started && state.busy));
         state.busy = true;
         state.front_started = false;
         if out.is_empty() {
@@ -332,6 +372,7 @@ impl Outbox {
     /// a frame the flusher had begun, which must be written first.
     pub fn claim(&self) -> Option<Bytes> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert!(!(state.front_started && state.busy));
         state.busy = true;
         if !std::mem::take(&mut state.front_started) {
             return None;
@@ -525,5 +566,29 @@ mod tests {
         let mut sent = vec![0u8; big.len() - rest.len()];
         client.read_exact(&mut sent).await.unwrap();
         assert_eq!(sent, big[..sent.len()]);
+    }
+
+    #[tokio::test]
+    async fn a_flusher_that_ends_hands_its_outboxes_back_to_their_sessions() {
+        let (server, _client) = socket_pair().await;
+        let (outbox, backlog) = attached(server);
+        outbox.release();
+        // Listed, and the task that would serve the backlog ends unpolled
+        // (as when its runtime shuts down).
+        outbox.push(Bytes::from_static(b"one"));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        drop(crate::flusher::run(backlog.clone(), metrics));
+        // What it listed is the session's now, and later pushes wake it.
+        let woken = || tokio::time::timeout(std::time::Duration::from_secs(5), outbox.ready());
+        woken()
+            .await
+            .expect("the listed frame handed back to the session");
+        let mut taken = VecDeque::new();
+        outbox.drain_into(&mut taken);
+        outbox.release();
+        outbox.push(Bytes::from_static(b"two"));
+        woken().await.expect("a later push wakes the session");
+        outbox.drain_into(&mut taken);
+        assert_eq!(taken, [frame(b"one"), frame(b"two")]);
     }
 }

@@ -60,6 +60,11 @@ enum Ending {
     Echo(u16),
     /// The server closes: send this close frame and wait briefly for the answer.
     Close(Close),
+    /// The server closes while a write was cut short (kill, forced close):
+    /// only the rest of the begun frame goes before the close frame. Frames
+    /// queued after it are dropped, not sent, so the client never gets a
+    /// later message behind a gap.
+    Cut(Close),
 }
 
 /// One connection's state between its socket and the node.
@@ -365,7 +370,7 @@ where
 /// half-written, so only it is kept, to be finished before the close frame.
 fn interrupted(pending: &mut VecDeque<Bytes>, close: Close) -> Ending {
     pending.truncate(1);
-    Ending::Close(close)
+    Ending::Cut(close)
 }
 
 /// Writes `frames` with as few `writev` calls as the socket allows.
@@ -420,9 +425,9 @@ async fn close<S, W>(
     let frame = match ending {
         Ending::Gone => return,
         Ending::Echo(code) => protocol::close_echo(code),
-        Ending::Close(close) => close.frame(),
+        Ending::Close(close) | Ending::Cut(close) => close.frame(),
     };
-    let initiated = matches!(ending, Ending::Close(_));
+    let initiated = matches!(ending, Ending::Close(_) | Ending::Cut(_));
     frames.push_back(frame);
     let sent = timeout(CLOSE_GRACE, write_frames(writer, &mut frames)).await;
     if initiated && matches!(sent, Ok(Ok(()))) {
@@ -674,6 +679,63 @@ mod tests {
             crate::shutdown::Outcome::Forced { remaining, .. } => assert_eq!(remaining, 1),
             other => panic!("expected a forced close, got {other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_cut_short_by_the_forced_close_sends_no_later_frame() {
+        let config = Config {
+            shutdown_timeout: Duration::from_secs(5),
+            ..config()
+        };
+        let node = Node::new(config).unwrap();
+        // A pipe smaller than two messages: the session's write blocks.
+        let (client, server) = tokio::io::duplex(4096);
+        let (read, write) = tokio::io::split(client);
+        let session = run(
+            node.clone(),
+            tokio::io::split(server),
+            None,
+            "u1".into(),
+            Opening::Text,
+        );
+        node.shutdown().spawn_session(session);
+        let mut client = Client { read, write };
+        assert_eq!(client.text().await, text::CONNECTED);
+        let message = |i: usize| format!("m{i}{}", "x".repeat(3000));
+        // Three taken at once (the session writes one and a part, and
+        // blocks), a fourth queued behind them.
+        for i in 0..3 {
+            node.relay(&message(i), 0);
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        node.relay(&message(3), 0);
+        // The deadline passes with the client not reading: 1001 cuts the
+        // write; the client reads again within the close's grace.
+        let outcome = drain(&node);
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        let mut seen = Vec::new();
+        let code = loop {
+            let (opcode, payload) = client.frame().await;
+            match opcode {
+                0x1 => seen.push(String::from_utf8(payload).unwrap()),
+                0x8 => break u16::from_be_bytes([payload[0], payload[1]]),
+                other => panic!("unexpected opcode {other}"),
+            }
+        };
+        assert_eq!(code, Close::GoingAway.code());
+        // Whatever arrived is a prefix of what was sent: no later message
+        // behind a dropped one.
+        for (i, got) in seen.iter().enumerate() {
+            assert_eq!(got, &format!("New message: {}", message(i)), "message {i}");
+        }
+        assert!(
+            seen.len() >= 2,
+            "the begun message is finished: {}",
+            seen.len()
+        );
+        outcome.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
