@@ -313,7 +313,7 @@ impl Outbox {
         if state.closed || state.busy || state.queue.is_empty() {
             return 0;
         }
-        let Some(socket) = state.direct.as_ref().map(|d| d.socket.clone()) else {
+        let Some(direct) = &state.direct else {
             return 0;
         };
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -328,8 +328,8 @@ impl Outbox {
         // samples).
         let written = match n {
             0 => Ok(0),
-            1 => socket.try_write(&slices[0]),
-            _ => socket.try_write_vectored(&slices[..n]),
+            1 => direct.socket.try_write(&slices[0]),
+            _ => direct.socket.try_write_vectored(&slices[..n]),
         };
         // Full (WouldBlock) or failed: the session waits, or finds out.
         let frames = match written {
