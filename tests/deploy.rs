@@ -220,7 +220,7 @@ async fn three_replicas_behind_nginx_fan_out_drain_and_keep_quiet_connections() 
     let (done, published) = watch::channel(None);
     let clients: Vec<_> = users
         .iter()
-        .map(|u| tokio::spawn(ws_client(front, front, u.clone(), published.clone())))
+        .map(|u| tokio::spawn(ws_client(front, front, u.clone(), published.clone(), None)))
         .collect();
     wait_until("every client is connected", PATIENCE * 2, || async {
         let mut total = 0;

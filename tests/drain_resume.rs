@@ -8,6 +8,8 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::StatusCode;
@@ -15,7 +17,7 @@ use serde_json::Value;
 use support::history::*;
 use support::process::Proc;
 use support::redis::{Redis, instance_with, wait_for_ready};
-use support::resume::{Got, Published, complete, ws_client};
+use support::resume::{Got, Published, complete, positioned, ws_client};
 use support::*;
 use tokio::sync::watch;
 use wsnotify::Config;
@@ -26,12 +28,14 @@ async fn poll_client(
     fallback: SocketAddr,
     user: String,
     published: Published,
+    positioned: Arc<AtomicUsize>,
 ) -> Got {
     let streams = vec![format!("user:{user}"), "broadcast".to_owned()];
     let mut got = Got::new();
     let mut addr = first;
     let start = poll(addr, &format!("user={user}")).await.json();
     let mut next = start["next"].as_str().unwrap().to_owned();
+    positioned.fetch_add(1, Ordering::SeqCst);
     while !complete(&got, &published, &streams) {
         let reply = poll(addr, &format!("user={user}&wait=1&since={}", encode(&next))).await;
         if reply.status == StatusCode::SERVICE_UNAVAILABLE {
@@ -56,11 +60,13 @@ async fn sse_client(
     fallback: SocketAddr,
     user: String,
     published: Published,
+    positioned: Arc<AtomicUsize>,
 ) -> Got {
     let streams = vec![format!("user:{user}"), "broadcast".to_owned()];
     let mut got = Got::new();
     let mut addr = first;
     let mut last_id: Option<String> = None;
+    let mut counted = false;
     loop {
         let headers: Vec<(&str, &str)> = last_id
             .iter()
@@ -75,6 +81,11 @@ async fn sse_client(
                 Err(_) => continue,
             };
             assert_ne!(event.event.as_deref(), Some("reset"), "{user}: {event:?}");
+            // The stream's first event gives its positions (see PROTOCOL.md).
+            if !counted && event.event.as_deref() == Some("position") {
+                counted = true;
+                positioned.fetch_add(1, Ordering::SeqCst);
+            }
             if let Some(id) = event.id.clone() {
                 last_id = Some(id);
             }
@@ -121,27 +132,49 @@ async fn a_drained_instances_clients_resume_elsewhere_and_lose_nothing() {
     wait_for_ready(a.addr, StatusCode::OK).await;
 
     let (tx, published) = watch::channel(None);
+    let ready = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for i in 0..12 {
         let user = format!("w{i}");
         clients.push((
             "ws",
-            tokio::spawn(ws_client(a.addr, b.addr, user, published.clone())),
+            tokio::spawn(ws_client(
+                a.addr,
+                b.addr,
+                user,
+                published.clone(),
+                Some(ready.clone()),
+            )),
         ));
     }
     for i in 0..3 {
         let user = format!("p{i}");
         clients.push((
             "poll",
-            tokio::spawn(poll_client(a.addr, b.addr, user, published.clone())),
+            tokio::spawn(poll_client(
+                a.addr,
+                b.addr,
+                user,
+                published.clone(),
+                ready.clone(),
+            )),
         ));
         let user = format!("s{i}");
         clients.push((
             "sse",
-            tokio::spawn(sse_client(a.addr, b.addr, user, published.clone())),
+            tokio::spawn(sse_client(
+                a.addr,
+                b.addr,
+                user,
+                published.clone(),
+                ready.clone(),
+            )),
         ));
     }
     wait_for_connections(a.addr, 12).await;
+    // Clients without `since` start at the head: publishing begins once all
+    // 18 have their positions, or an early message would not be theirs.
+    positioned(&ready, 18).await;
 
     // Steady publishing through the other instance: notifications to every
     // user and broadcasts, 40 a second, for three seconds; the drain starts

@@ -314,6 +314,7 @@ where
                 path: path.clone(),
                 streams: vec![stream.to_owned()],
                 told_ok: true,
+                positioned: None,
             };
             tokio::spawn(follow(me, published.clone()))
         })

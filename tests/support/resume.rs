@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -36,6 +38,24 @@ pub struct Follow {
     /// Whether `recovered: false` is allowed (a primary killed may lose
     /// writes: the client must be told, and then may miss messages).
     pub told_ok: bool,
+    /// Counted once the client has a position in every one of its streams:
+    /// from then on everything published is its to get (see [`positioned`]).
+    pub positioned: Option<Arc<AtomicUsize>>,
+}
+
+/// Waits until `count` clients have counted themselves positioned: a
+/// client without `since` starts at each stream's head, so what is published
+/// before it has its positions is not its to get.
+pub async fn positioned(count: &AtomicUsize, clients: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count.load(Ordering::SeqCst) < clients {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {clients} clients got their positions",
+            count.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// What a [`follow`] client ended with.
@@ -73,6 +93,7 @@ fn done(got: &Got, published: &Published, streams: &[String]) -> bool {
 pub async fn follow(follow: Follow, published: Published) -> Followed {
     let mut out = Followed::default();
     let mut positions: HashMap<String, At> = HashMap::new();
+    let mut counted = false;
     let mut addr = follow.first;
     loop {
         let mut known: Vec<At> = positions.values().cloned().collect();
@@ -116,6 +137,12 @@ pub async fn follow(follow: Follow, published: Published) -> Followed {
                     if recovered != Some(true) {
                         positions.insert(stream.clone(), At::new(&stream, &epoch, offset));
                     }
+                    if !counted && follow.streams.iter().all(|s| positions.contains_key(s)) {
+                        counted = true;
+                        if let Some(count) = &follow.positioned {
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
                 }
                 ServerMessage::Shutdown {
                     reconnect_after_ms, ..
@@ -154,6 +181,7 @@ pub async fn ws_client(
     fallback: SocketAddr,
     user: String,
     published: Published,
+    positioned: Option<Arc<AtomicUsize>>,
 ) -> Got {
     let streams = vec![format!("user:{user}"), "broadcast".to_owned()];
     let path = format!("/ws/notifications?user={user}");
@@ -163,6 +191,7 @@ pub async fn ws_client(
         path,
         streams,
         told_ok: false,
+        positioned,
     };
     follow(follow_me, published).await.texts
 }
