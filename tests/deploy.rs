@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use hyper::{Method, StatusCode};
 use support::nginx::{TempDir, config};
 use support::redis::free_port;
-use support::resume::ws_client;
+use support::resume::{positioned, ws_client};
 use support::*;
 use tokio::sync::watch;
 
@@ -218,9 +218,13 @@ async fn three_replicas_behind_nginx_fan_out_drain_and_keep_quiet_connections() 
     // Resuming JSON clients through nginx, spread over the replicas.
     let users: Vec<String> = (0..9).map(|i| format!("u{i}")).collect();
     let (done, published) = watch::channel(None);
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = users
         .iter()
-        .map(|u| tokio::spawn(ws_client(front, front, u.clone(), published.clone(), None)))
+        .map(|u| {
+            let ready = Some(ready.clone());
+            tokio::spawn(ws_client(front, front, u.clone(), published.clone(), ready))
+        })
         .collect();
     wait_until("every client is connected", PATIENCE * 2, || async {
         let mut total = 0;
@@ -230,6 +234,9 @@ async fn three_replicas_behind_nginx_fan_out_drain_and_keep_quiet_connections() 
         total == 10
     })
     .await;
+    // Publishing begins once every client has its positions (it starts at
+    // the heads: an earlier message would not be its to get).
+    positioned(&ready, users.len()).await;
     let mut counts = Vec::new();
     for (_, addr) in &replicas {
         counts.push(local_connections(*addr).await);

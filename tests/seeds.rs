@@ -36,7 +36,7 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::history::text_of;
+use support::history::{connect_following, text_of};
 use support::process::Proc;
 use support::redis::{Redis, wait_for_ready, wait_for_subscribers};
 use support::*;
@@ -616,7 +616,10 @@ async fn seed_004s_backend_tokens_may_carry_a_numeric_sub_and_an_audience_only_i
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap();
-    let mut numeric = connect_raw(server.addr, &format!("/ws/notifications?token={token}")).await;
+    // Its positions first: a notification posted before its opening read
+    // the heads would be before its start, not its to get.
+    let (mut numeric, _) =
+        connect_following(server.addr, &format!("/ws/notifications?token={token}"), 2).await;
     let reply = http(
         server.addr,
         Method::POST,
