@@ -200,19 +200,7 @@ impl CpuMark {
     /// Reads the CPU time of `pids` now: `Some(0)` is this process, `None`
     /// counts zero.
     pub fn take(pids: &[Option<u32>]) -> CpuMark {
-        let procs = pids
-            .iter()
-            .map(|pid| match pid {
-                Some(0) => own_cpu_s(),
-                Some(pid) => cpu_s(*pid).unwrap_or(f64::NAN),
-                None => 0.0,
-            })
-            .collect();
-        CpuMark {
-            at: Instant::now(),
-            procs,
-            machine: machine_cpu_s(),
-        }
+        CpuMark::read(pids, own_cpu_s, |pid| cpu_s(pid).unwrap_or(f64::NAN))
     }
 
     /// As [`CpuMark::take`], with each process's time to the nanosecond:
@@ -220,11 +208,16 @@ impl CpuMark {
     /// and this process's `CLOCK_PROCESS_CPUTIME_ID`, instead of 10 ms ticks.
     /// Threads that exit in between drop out of the sum.
     pub fn take_exact(pids: &[Option<u32>]) -> CpuMark {
+        CpuMark::read(pids, own_cpu_exact_s, run_time_s)
+    }
+
+    /// The mark of `pids`, this process's time by `own`, others' by `other`.
+    fn read(pids: &[Option<u32>], own: fn() -> f64, other: fn(u32) -> f64) -> CpuMark {
         let procs = pids
             .iter()
             .map(|pid| match pid {
-                Some(0) => own_cpu_exact_s(),
-                Some(pid) => run_time_s(*pid),
+                Some(0) => own(),
+                Some(pid) => other(*pid),
                 None => 0.0,
             })
             .collect();
